@@ -1,0 +1,147 @@
+// Package tlssm is the TLS state machine: a definition written with the
+// generic engine of package sm whose states are bound to the grammar
+// elements of package dissect, one per direction. It raises the events of
+// the "tls" dissector, which the rules hook, and decides which bytes of each
+// direction may be forwarded before they are judged.
+package tlssm
+
+// EventID names an event of the tls dissector. The numbering is internal;
+// rules and users see the names.
+type EventID uint8
+
+// The events of the tls dissector, in the order of the contract table.
+const (
+	EvNewConnection EventID = iota
+	EvClientHello
+	EvServerHello
+	EvCertificate
+	EvHandshake
+	EvChangeCipherSpec
+	EvAlert
+	EvHeartbeat
+	EvEstablished
+	EvRecord
+	EvAnomaly
+	EvParseError
+	EvEndConnection
+	NumEvents
+)
+
+// Field documents one field of an event's parameter table.
+type Field struct {
+	Name, Type, Doc string
+}
+
+// EventSpec is the contract of one event: its name, the name and fields of
+// its second parameter (the first is always flow) and when it is raised.
+type EventSpec struct {
+	ID     EventID
+	Name   string
+	Param  string // "" when the event has no second parameter
+	Fields []Field
+	Raised string
+}
+
+// String returns the event's name.
+func (e EventID) String() string {
+	if e < NumEvents {
+		return Events[e].Name
+	}
+	return "invalid"
+}
+
+// Events is the event contract of the tls dissector, indexed by EventID.
+// Renaming a name or a field breaks users' rules: add, never rename.
+var Events = [NumEvents]EventSpec{
+	EvNewConnection: {EvNewConnection, "new_connection", "", nil,
+		"a connection was accepted, before the upstream is dialled"},
+	EvClientHello: {EvClientHello, "client_hello", "hello", []Field{
+		{"version", "string", `legacy version of the hello, e.g. "TLS1.2"`},
+		{"versions", "list of strings", "supported_versions extension, in order"},
+		{"sni", "string", "server name (host_name entry of server_name)"},
+		{"alpn", "list of strings", "application protocols offered"},
+		{"ciphers", "list of numbers", "cipher suites, in order"},
+		{"extensions", "list of {type=, data=}", "every extension in order, with its raw bytes"},
+		{"groups", "list of numbers", "supported_groups"},
+		{"sigalgs", "list of numbers", "signature_algorithms"},
+		{"heartbeat", "bool", "the heartbeat extension is offered"},
+		{"ech", "bool", "an encrypted_client_hello extension is present"},
+		{"sslv2", "bool", "the hello came in SSLv2 record format"},
+		{"ja3", "string", "JA3 string"},
+		{"ja3_hash", "string", "JA3 MD5, hex"},
+		{"ja4", "string", "JA4 fingerprint"},
+		{"length", "number", "length of the handshake message body"},
+	}, "a complete ClientHello, before its bytes are forwarded"},
+	EvServerHello: {EvServerHello, "server_hello", "hello", []Field{
+		{"version", "string", "negotiated version (supported_versions when present)"},
+		{"cipher", "number", "selected cipher suite"},
+		{"extensions", "list of {type=, data=}", "every extension in order, with its raw bytes"},
+		{"retry", "bool", "this is a HelloRetryRequest"},
+		{"ja3s", "string", "JA3S string"},
+		{"ja3s_hash", "string", "JA3S MD5, hex"},
+	}, "a complete ServerHello"},
+	EvCertificate: {EvCertificate, "certificate", "cert", []Field{
+		{"chain", "list of {subject=, issuer=, serial=, sans=, not_before=, not_after=, sha256=}", "the certificates, leaf first"},
+	}, "a cleartext Certificate message"},
+	EvHandshake: {EvHandshake, "handshake", "msg", []Field{
+		{"type", "string", `message name, e.g. "client_key_exchange"`},
+		{"length", "number", "length of the message body"},
+		{"direction", "string", `"up" or "down"`},
+	}, "every cleartext handshake message"},
+	EvChangeCipherSpec: {EvChangeCipherSpec, "change_cipher_spec", "direction", nil,
+		"a ChangeCipherSpec record; the parameter is the direction string"},
+	EvAlert: {EvAlert, "alert", "alert", []Field{
+		{"level", "string", `"warning" or "fatal" (cleartext only)`},
+		{"description", "string", `alert name, e.g. "handshake_failure" (cleartext only)`},
+		{"encrypted", "bool", "the alert is encrypted"},
+		{"direction", "string", `"up" or "down"`},
+	}, "an alert record"},
+	EvHeartbeat: {EvHeartbeat, "heartbeat", "hb", []Field{
+		{"direction", "string", `"up" or "down"`},
+		{"record_length", "number", "length of the heartbeat record"},
+		{"encrypted", "bool", "the record is encrypted"},
+		{"type", "string", `"request" or "response" (cleartext only)`},
+		{"payload_length", "number", "declared payload length (cleartext only)"},
+		{"overflow", "bool", "cleartext request whose payload_length + 19 > record_length"},
+		{"leak", "bool", "encrypted response longer than the outstanding request"},
+	}, "every heartbeat record, before it is forwarded"},
+	EvEstablished: {EvEstablished, "established", "", nil,
+		"both directions have switched to encrypted records"},
+	EvRecord: {EvRecord, "record", "rec", []Field{
+		{"type", "string", `content type name, e.g. "handshake"`},
+		{"version", "string", `record version, e.g. "TLS1.2"`},
+		{"length", "number", "record length"},
+		{"direction", "string", `"up" or "down"`},
+	}, "every record header (only dispatched when hooked)"},
+	EvAnomaly: {EvAnomaly, "anomaly", "a", []Field{
+		{"name", "string", "stable anomaly name"},
+		{"direction", "string", `"up" or "down"`},
+		{"detail", "string", "human-readable detail"},
+	}, "a named protocol anomaly"},
+	EvParseError: {EvParseError, "parse_error", "err", []Field{
+		{"message", "string", "what could not be parsed"},
+		{"direction", "string", `"up" or "down"`},
+	}, "malformed input; the machine then fails"},
+	EvEndConnection: {EvEndConnection, "end_connection", "summary", []Field{
+		{"bytes_up", "number", "bytes forwarded client to server"},
+		{"bytes_down", "number", "bytes forwarded server to client"},
+		{"duration", "number", "seconds"},
+		{"verdict", "string", `"pass", "drop", "reset" or "bypass"`},
+	}, "the connection closed"},
+}
+
+// FlowFields documents the flow object, the first parameter of every event.
+var FlowFields = []Field{
+	{"id", "number", "connection id"},
+	{"src", "string", `client "ip:port"`},
+	{"dst", "string", `destination "ip:port"`},
+	{"src_ip", "string", ""}, {"src_port", "number", ""},
+	{"dst_ip", "string", ""}, {"dst_port", "number", ""},
+	{"sni", "string", "server name, once the ClientHello was seen"},
+	{"alpn", "string", "protocol selected by the server, or offered first"},
+	{"version", "string", "negotiated version, once known"},
+	{"ja3", "string", "JA3 hash of the ClientHello"},
+	{"ja4", "string", "JA4 of the ClientHello"},
+	{"state", "string", "current state of the TLS machine"},
+	{"data", "table", "the rules' own per-connection state"},
+}
