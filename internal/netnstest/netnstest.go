@@ -114,7 +114,86 @@ func newNamed(t testing.TB, name string) *NS {
 	if err := n.LinkUp("lo"); err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
+	// Links created from now on skip IPv6 duplicate address detection,
+	// so their link-local addresses are usable at once (see Settle).
+	for _, k := range []string{"net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"} {
+		if err := n.Sysctl(k, "0"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return n
+}
+
+// SettleTimeout bounds Settle. Without duplicate address detection the
+// kernel finishes an address from a work queue within microseconds; a
+// second means something is wrong.
+const SettleTimeout = time.Second
+
+// Settle waits until every IPv6 address of the namespace is final (not
+// tentative) and has its route in the local table. The kernel adds
+// link-local addresses and their routes asynchronously after a link comes
+// up, so a test that compares routing tables before and after something
+// must let them appear first. The kernel announces addresses but not
+// this combined state, hence a poll, bounded by SettleTimeout.
+func (n *NS) Settle() error {
+	h, err := n.Netlink()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	deadline := time.Now().Add(SettleTimeout)
+	for {
+		pending, err := n.unsettled(h)
+		if err != nil {
+			return err
+		}
+		if pending == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: IPv6 address %s not ready after %v", n.Name, pending, SettleTimeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (n *NS) unsettled(h *netlink.Handle) (string, error) {
+	links, err := h.LinkList()
+	if err != nil {
+		return "", err
+	}
+	local, err := h.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return "", err
+	}
+	routed := map[string]bool{}
+	for _, r := range local {
+		if r.Dst != nil {
+			routed[r.Dst.IP.String()] = true
+		}
+	}
+	for _, l := range links {
+		if l.Attrs().Flags&net.FlagUp == 0 || l.Attrs().Name == "lo" {
+			continue
+		}
+		addrs, err := h.AddrList(l, netlink.FAMILY_V6)
+		if err != nil {
+			return "", err
+		}
+		hasLinkLocal := false
+		for _, a := range addrs {
+			if a.IP.IsLinkLocalUnicast() {
+				hasLinkLocal = true
+			}
+			if a.Flags&unix.IFA_F_TENTATIVE != 0 || !routed[a.IP.String()] {
+				return a.IP.String() + " on " + l.Attrs().Name, nil
+			}
+		}
+		if !hasLinkLocal && l.Attrs().OperState == netlink.OperUp {
+			return "link-local on " + l.Attrs().Name, nil
+		}
+	}
+	return "", nil
 }
 
 // createNamed creates the namespace on a locked thread and brings the
@@ -415,5 +494,8 @@ func NewTopology(t testing.TB) *Topology {
 	must(topo.Server.AddDefaultRoute(topo.RouterServerIPv6))
 	must(topo.Router.Sysctl("net.ipv4.ip_forward", "1"))
 	must(topo.Router.Sysctl("net.ipv6.conf.all.forwarding", "1"))
+	for _, n := range []*NS{topo.Client, topo.Router, topo.Server} {
+		must(n.Settle())
+	}
 	return topo
 }
