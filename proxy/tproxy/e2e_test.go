@@ -544,4 +544,3 @@ func TestListenPortInUse(t *testing.T) {
 		t.Errorf("two SO_REUSEPORT listeners: %v", err)
 	}
 }
-
