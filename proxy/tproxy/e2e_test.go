@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/hakaproxy/haka-proxy/internal/netnstest"
+	"github.com/hakaproxy/haka-proxy/proxy/inspect"
 	"github.com/hakaproxy/haka-proxy/proxy/nft"
 	"golang.org/x/sys/unix"
 )
@@ -253,7 +254,7 @@ func (r *relay) handle(c *net.TCPConn) {
 		f.err = r.router.Do(func() (err error) {
 			ctx, cancel := context.WithTimeout(context.Background(), e2eTimeout)
 			defer cancel()
-			up, err = r.dialer.Dial(ctx, f.client, f.dst)
+			up, err = r.dialer.DialFlow(ctx, &inspect.Flow{Src: f.client, Dst: f.dst})
 			return err
 		})
 	}

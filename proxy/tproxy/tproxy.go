@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hakaproxy/haka-proxy/proxy/inspect"
 )
 
 // ErrPermission is wrapped by the errors of Listen and Dialer.Dial when the
@@ -262,4 +264,11 @@ func (d *Dialer) Dial(ctx context.Context, client, dst netip.AddrPort) (*net.TCP
 		return nil, fmt.Errorf("dial %s: %w", dst, err)
 	}
 	return c.(*net.TCPConn), nil
+}
+
+// DialFlow is Dial for a connection the proxy accepted: from the flow's
+// client address (when spoofing) to its original destination. Its method
+// value has the shape of the proxy's dial function.
+func (d *Dialer) DialFlow(ctx context.Context, f *inspect.Flow) (*net.TCPConn, error) {
+	return d.Dial(ctx, f.Src, f.Dst)
 }
