@@ -409,3 +409,46 @@ func TestApplyWithoutNftables(t *testing.T) {
 	}
 	takeSnapshot(t, ns).diff(t, before)
 }
+
+// TestRoutingCapabilities measures the rtnetlink side on its own, in a
+// child without CAP_NET_ADMIN: listing rules and routes (the conflict
+// check) needs no capability, adding them needs CAP_NET_ADMIN.
+func TestRoutingCapabilities(t *testing.T) {
+	if netnstest.InChild() {
+		ns, err := netnstest.ChildNS()
+		if err != nil {
+			netnstest.ExitChild(err)
+		}
+		c, _ := defaultWithListen().normalize()
+		err = ns.Do(func() error {
+			r, err := openRouting()
+			if err != nil {
+				return err
+			}
+			defer r.close()
+			if err := r.checkConflicts(c); err != nil {
+				return errors.New("listing without CAP_NET_ADMIN: " + err.Error())
+			}
+			if err := r.install(c); !errors.Is(err, ErrPermission) || !errors.Is(err, unix.EPERM) {
+				return errors.New("install without CAP_NET_ADMIN: want ErrPermission, got " + errString(err))
+			}
+			return nil
+		})
+		netnstest.ExitChild(err)
+	}
+	netnstest.RequireRoot(t)
+	ns := netnstest.New(t, "rtcaps")
+	before := takeSnapshot(t, ns)
+	res := netnstest.RunChild(t, netnstest.Child{Test: t.Name(), NS: ns, DropCaps: []int{unix.CAP_NET_ADMIN}})
+	if res.ExitCode != 0 {
+		t.Fatalf("child exited %d: %s%s", res.ExitCode, res.Stdout, res.Stderr)
+	}
+	takeSnapshot(t, ns).diff(t, before)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "no error"
+	}
+	return err.Error()
+}
