@@ -15,7 +15,7 @@
 //		set ports { type inet_service; elements = { 443 } }
 //		chain prerouting {
 //			type filter hook prerouting priority mangle; policy accept;
-//			meta l4proto tcp socket transparent 1 meta mark set 0x00000001 accept
+//			meta l4proto tcp socket transparent 1 socket wildcard 0 meta mark set 0x00000001 accept
 //			iifname != "lo" meta nfproto ipv4 tcp dport @ports tproxy ip to :15001 meta mark set 0x00000001 accept
 //			iifname != "lo" meta nfproto ipv6 tcp dport @ports tproxy ip6 to :15001 meta mark set 0x00000001 accept
 //			iifname != "lo" tcp dport @ports reject with tcp reset

@@ -174,9 +174,10 @@ func ifname(n string) []byte {
 
 // socketRule is
 //
-//	meta l4proto tcp socket transparent 1 meta mark set MARK accept
+//	meta l4proto tcp socket transparent 1 socket wildcard 0 meta mark set MARK accept
 //
-// It matches a TCP packet that belongs to a socket with IP_TRANSPARENT: the
+// It matches a TCP packet that belongs to a connected socket with
+// IP_TRANSPARENT: the
 // later packets of a connection TPROXY already handed to the proxy (a
 // shortcut past the tproxy rule), and, essential with --spoof-source, the
 // server's replies to an upstream connection dialled from the client's
@@ -184,18 +185,27 @@ func ifname(n string) []byte {
 // the mark and the policy route they would be forwarded to the client
 // instead of reaching the proxy's socket. It is not limited to the
 // intercepted interfaces because the replies come in on the server side.
+//
+// `socket wildcard 0` leaves out the transparent listener itself: the
+// socket lookup also finds listeners, and the proxy's, bound to the
+// wildcard address, would otherwise take every forwarded connection to a
+// server on the listen port. (The kernel's tproxy documentation omits it;
+// iptables' socket match skips wildcard listeners by default. The
+// wildcard key needs Linux 5.6.)
 func socketRule(t *nftables.Table, ch *nftables.Chain, mark, mask uint32) textRule {
 	exprs := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
 		&expr.Socket{Key: expr.SocketKeyTransparent, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}},
+		&expr.Socket{Key: expr.SocketKeyWildcard, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
 	}
 	markExprs, markText := setMark(mark, mask)
 	exprs = append(exprs, markExprs...)
 	exprs = append(exprs, &expr.Verdict{Kind: expr.VerdictAccept})
 	return textRule{
-		nft:  "meta l4proto tcp socket transparent 1 " + markText + " accept",
+		nft:  "meta l4proto tcp socket transparent 1 socket wildcard 0 " + markText + " accept",
 		rule: &nftables.Rule{Table: t, Chain: ch, Exprs: exprs},
 	}
 }

@@ -140,9 +140,9 @@ func TestRuleBytes(t *testing.T) {
 		want string // nft text
 	}{
 		{socketRule(rs.table, rs.chain, 0x1, fullMask),
-			"meta l4proto tcp socket transparent 1 meta mark set 0x00000001 accept"},
+			"meta l4proto tcp socket transparent 1 socket wildcard 0 meta mark set 0x00000001 accept"},
 		{socketRule(rs.table, rs.chain, 0x100, 0xff00),
-			"meta l4proto tcp socket transparent 1 meta mark set meta mark & 0xffff01ff | 0x00000100 accept"},
+			"meta l4proto tcp socket transparent 1 socket wildcard 0 meta mark set meta mark & 0xffff01ff | 0x00000100 accept"},
 		{tproxyRule(rs.table, rs.chain, nil, ports, unix.NFPROTO_IPV4, 15001, 0x1, fullMask),
 			`iifname != "lo" meta nfproto ipv4 tcp dport @ports tproxy ip to :15001 meta mark set 0x00000001 accept`},
 		{tproxyRule(rs.table, rs.chain, nil, ports, unix.NFPROTO_IPV6, 15001, 0x1, fullMask),
@@ -164,7 +164,7 @@ func TestRuleBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden(t, "rules.batch", dump(rec.msgs, []string{
-		"add rule inet haka prerouting meta l4proto tcp socket transparent 1 meta mark set 0x00000001 accept",
+		"add rule inet haka prerouting meta l4proto tcp socket transparent 1 socket wildcard 0 meta mark set 0x00000001 accept",
 		`add rule inet haka prerouting iifname != "lo" meta nfproto ipv6 tcp dport @ports tproxy ip6 to :15001 meta mark set 0x00000001 accept`,
 	}))
 }

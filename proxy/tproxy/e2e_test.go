@@ -545,3 +545,51 @@ func TestListenPortInUse(t *testing.T) {
 		t.Errorf("two SO_REUSEPORT listeners: %v", err)
 	}
 }
+
+// TestGatewayLeavesTheListenPortAlone: a forwarded connection to a server
+// on the same port as the transparent listener is not taken by the
+// listener (the socket rule matches connection sockets only, not a
+// wildcard listener).
+func TestGatewayLeavesTheListenPortAlone(t *testing.T) {
+	t.Parallel()
+	g := newGateway(t, false)
+	g.apply(t)
+	var ln net.Listener
+	if err := g.topo.Server.Do(func() (err error) {
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", relayPort))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan netip.AddrPort, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		defer c.Close()
+		p, _ := ClientAddr(c)
+		accepted <- p
+	}()
+	var c net.Conn
+	if err := g.topo.Client.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp", hostPort(g.topo.ServerIPv4, relayPort), e2eTimeout)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case p := <-accepted:
+		if p.Addr() != g.topo.ClientIPv4 {
+			t.Errorf("the server saw %s, want the client directly", p)
+		}
+	case <-time.After(e2eTimeout):
+		t.Fatal("the server never saw the connection")
+	}
+	if n := len(g.relay.seen()); n != 0 {
+		t.Errorf("the relay took %d connections to port %d that were not for it", n, relayPort)
+	}
+}
