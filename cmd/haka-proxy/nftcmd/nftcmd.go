@@ -131,14 +131,17 @@ type operations struct {
 	show   func(io.Writer, nft.Config) error
 }
 
-var system = operations{apply: nft.Apply, remove: nft.Remove, show: nft.Show}
+// systemOps are the operations on the running system.
+func systemOps() operations {
+	return operations{apply: nft.Apply, remove: nft.Remove, show: nft.Show}
+}
 
 // New returns the `nft` command with its apply, remove and show
 // subcommands. The flags start from o and are shared by the subcommands.
 // Results go to stdout; errors are returned to the caller (cobra's
 // Execute), which prints them and exits non-zero.
 func New(o Options, stdout, stderr io.Writer) *cobra.Command {
-	return newCmd(o, stdout, stderr, system)
+	return newCmd(o, stdout, stderr, systemOps())
 }
 
 func newCmd(o Options, stdout, stderr io.Writer, ops operations) *cobra.Command {
@@ -238,12 +241,12 @@ func Up(o Options, stderr io.Writer) (down func() error, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := system.apply(c); err != nil {
+	if err := nft.Apply(c); err != nil {
 		return nil, fmt.Errorf("--nft: %w", err)
 	}
 	fmt.Fprintf(stderr, "nftables rules applied: %s\n", describe(c))
 	return func() error {
-		if err := system.remove(c); err != nil {
+		if err := nft.Remove(c); err != nil {
 			return fmt.Errorf("--nft: remove the rules: %w (remove them by hand with `haka-proxy nft remove`)", err)
 		}
 		fmt.Fprintf(stderr, "nftables rules removed\n")
