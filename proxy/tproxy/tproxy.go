@@ -47,8 +47,6 @@ type ListenOptions struct {
 	// connections among them. Without it a second listener on the same
 	// port fails with "address already in use".
 	ReusePort bool
-	// Backlog is not settable through the net package; the kernel's
-	// net.core.somaxconn applies.
 }
 
 // ListenConfig returns a net.ListenConfig whose sockets are transparent:
