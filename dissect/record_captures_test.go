@@ -1,0 +1,188 @@
+package dissect
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/hakaproxy/haka-proxy/internal/pcaptest"
+)
+
+// recCapture is a capture fed through a Conn and what must come out of it.
+type recCapture struct {
+	name   string
+	limits Limits
+	// connect strips an HTTP CONNECT request and its answer from the
+	// start of the streams: TLS begins after them.
+	connect bool
+	// want is every anomaly of the capture, in order (see recPump.found);
+	// empty for a capture that must frame without any.
+	want []string
+}
+
+var recCaptures = []recCapture{
+	{name: "zeek/heartbleed.pcap", want: []string{AnomalyHeartbeatOverflow}},
+	{name: "zeek/heartbleed-success.pcap", want: []string{AnomalyHeartbeatOverflow}},
+	{name: "zeek/heartbleed-encrypted.pcap"},
+	{name: "zeek/ssl-v2.pcap"},
+	{name: "zeek/tls1_1.pcap"},
+	{name: "zeek/tls1.2.pcap"},
+	{name: "zeek/tls13_wolfssl.pcap"},
+	{name: "zeek/hrr.pcap"},
+	{name: "zeek/chrome-1250-tls-x25519-kyber.pcap"},
+	{name: "zeek/tls13-ech.pcap"},
+	{name: "zeek/tls-fragmented-handshake.pcap.gz", want: []string{AnomalyHandshakeMessageTooLarge}},
+	{name: "zeek/tls-fragmented-handshake.pcap.gz", limits: Limits{MaxMessage: 512 << 10}},
+	{name: "zeek/tls-1.2-protocol-error.pcap", want: []string{"error:" + AnomalyInvalidRecordType}},
+	{name: "zeek/tls-1.2-handshake-failure.pcap"},
+	// The Certificate message declares 256 bytes where its record holds
+	// 3823: the rest reads as a message header of 3 MB, cut by the CCS.
+	{name: "zeek/tls1.2-protocol-violation.pcap", want: []string{AnomalyHandshakeMessageTooLarge, AnomalyHandshakeLengthMismatch}},
+	{name: "zeek/signed_certificate_timestamp_tls1_0.pcap"},
+	{name: "suricata-verify/tls/tls-client-hello-frag-01/dump_mtu300.pcap"},
+	{name: "suricata-verify/sslv2-tls-upgrade-01/ssl-v2-s1.pcap"},
+	// After the CONNECT exchange: 16 03 00 00 00, then zeros.
+	{name: "suricata-verify/http-connect/http-connect-tls/input.pcap", connect: true,
+		want: []string{AnomalyZeroLengthHandshake, "error:" + AnomalyInvalidRecordType}},
+	// A crafted Certificate: after 15 bytes of it, a header of type 132
+	// and length 2^24-1 that the stream never fills.
+	{name: "suricata-verify/bug-1450-04/tls_DER-incomplete-header.pcap",
+		want: []string{AnomalyHandshakeMessageTooLarge, "eof:" + AnomalyHandshakeLengthMismatch}},
+	{name: "suricata-verify/tls-duplicate-hello/input.pcap"},
+	{name: "suricata-verify/tls/tls13-draft14/tls13_draft14.pcap"},
+	{name: "suricata-verify/ssl_version_negated/input.pcap"},
+	// SSH on port 443: both banners fail on their first byte.
+	{name: "suricata-verify/firewall/app-layer-protocol-unknown-tls-boundary/input.pcap",
+		want: []string{"error:" + AnomalyInvalidRecordType, "error:" + AnomalyInvalidRecordType}},
+	{name: "suricata-verify/bug-7264-tcp-3whs-ack-data-tls-01/input.pcap"},
+	{name: "arkime/openssl-ssl3.pcap"},
+	{name: "arkime/openssl-tls1.pcap"},
+	{name: "arkime/openssl-tls1_2-tls1.pcap"},
+	{name: "arkime/tls-split-client-hello.pcap"},
+	{name: "arkime/curl-enabled-tls13.pcap"},
+	{name: "arkime/https2-301-get.pcap"},
+	{name: "arkime/badcurveball.pcap"},
+}
+
+func (c recCapture) title() string {
+	s := c.name
+	if c.limits != (Limits{}) {
+		s += fmt.Sprintf(" (MaxClientHello=%d MaxMessage=%d)", c.limits.MaxClientHello, c.limits.MaxMessage)
+	}
+	return s
+}
+
+// recStripConnect removes an HTTP/1 CONNECT exchange from the head of
+// each direction.
+func recStripConnect(s *pcaptest.Stream) {
+	var skip [2]int
+	for d, up := range []bool{true, false} {
+		p := s.Payload(up)
+		if i := bytes.Index(p, []byte("\r\n\r\n")); i >= 0 && (bytes.HasPrefix(p, []byte("CONNECT ")) || bytes.HasPrefix(p, []byte("HTTP/1."))) {
+			skip[d] = i + 4
+			// Some clients end the request with a stray newline.
+			for skip[d] < len(p) && (p[skip[d]] == '\r' || p[skip[d]] == '\n') {
+				skip[d]++
+			}
+		}
+	}
+	var out []pcaptest.Chunk
+	for _, c := range s.Chunks {
+		d := 1
+		if c.Up {
+			d = 0
+		}
+		k := min(skip[d], len(c.Data))
+		skip[d] -= k
+		if len(c.Data) > k {
+			out = append(out, pcaptest.Chunk{Up: c.Up, Data: c.Data[k:], Time: c.Time})
+		}
+	}
+	s.Chunks = out
+}
+
+// recRunCapture feeds every stream of a capture through its own Conn, in
+// capture order, and returns the golden text and the anomalies found.
+func recRunCapture(t *testing.T, c recCapture, hook func(stream int, p *recPump)) (string, []string) {
+	t.Helper()
+	var b strings.Builder
+	var found []string
+	fmt.Fprintf(&b, "== %s\n", c.title())
+	for i, s := range recStreams(t, c.name) {
+		if c.connect {
+			recStripConnect(s)
+		}
+		if len(s.Chunks) == 0 {
+			fmt.Fprintf(&b, "stream %d: no payload\n", i)
+			continue
+		}
+		p := newRecPump(c.limits)
+		if hook != nil {
+			hook(i, p)
+		}
+		for _, ch := range s.Chunks {
+			dir := Down
+			if ch.Up {
+				dir = Up
+			}
+			p.feed(t, dir, ch.Data)
+		}
+		p.eof(Up)
+		p.eof(Down)
+		fmt.Fprintf(&b, "stream %d: up %d bytes, down %d bytes, gaps %d\n", i, len(s.Payload(true)), len(s.Payload(false)), s.Gaps)
+		for _, l := range p.lines {
+			b.WriteString(l)
+			b.WriteByte('\n')
+		}
+		fmt.Fprintf(&b, "encrypted: up=%v down=%v version=%s\n", p.c.Encrypted(Up), p.c.Encrypted(Down), VersionName(p.c.Version()))
+		found = append(found, p.found...)
+	}
+	return b.String(), found
+}
+
+// TestCapturesGolden feeds every shared capture through Conn and compares
+// the unit sequence with testdata/record_captures.golden (rewritten with
+// -update), then checks the anomalies each capture must give.
+func TestCapturesGolden(t *testing.T) {
+	var all strings.Builder
+	for _, c := range recCaptures {
+		text, found := recRunCapture(t, c, nil)
+		all.WriteString(text)
+		if !slices.Equal(found, c.want) {
+			t.Errorf("%s: anomalies %q, want %q", c.title(), found, c.want)
+		}
+	}
+	golden := filepath.Join("testdata", "record_captures.golden")
+	if recUpdate() {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(golden, []byte(all.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if got := all.String(); got != string(want) {
+		gl, wl := strings.Split(got, "\n"), strings.Split(string(want), "\n")
+		for i := 0; i < max(len(gl), len(wl)); i++ {
+			var g, w string
+			if i < len(gl) {
+				g = gl[i]
+			}
+			if i < len(wl) {
+				w = wl[i]
+			}
+			if g != w {
+				t.Fatalf("differs from %s at line %d:\n got: %s\nwant: %s", golden, i+1, g, w)
+			}
+		}
+	}
+}
