@@ -235,7 +235,7 @@ func (w recWriter) Write(p []byte) (int, error) {
 
 // recTLSSession runs one TLS session on 127.0.0.1: handshake, "ping" from
 // the client, "pong" back, close_notify both ways.
-func recTLSSession(t *testing.T, server, client *tls.Config) []pcaptest.Chunk {
+func recTLSSession(t testing.TB, server, client *tls.Config) []pcaptest.Chunk {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -335,7 +335,7 @@ func recReplay(t *testing.T, chunks []pcaptest.Chunk) recSessionResult {
 	return r
 }
 
-func recTLSConfigs(t *testing.T, version uint16) (*tls.Config, *tls.Config) {
+func recTLSConfigs(t testing.TB, version uint16) (*tls.Config, *tls.Config) {
 	cert, err := recCert()
 	if err != nil {
 		t.Fatal(err)
