@@ -70,7 +70,7 @@ func TestChangeCipherSpec(t *testing.T) {
 }
 
 // zeek/tls-1.2-handshake-failure.pcap: the server's fatal alert.
-func TestCaptureAlert(t *testing.T) {
+func TestRecordCaptureAlert(t *testing.T) {
 	var alerts []Alert
 	_, found, _ := recRunCapture(t, recCapture{name: "zeek/tls-1.2-handshake-failure.pcap"}, func(_ int, p *recPump) {
 		p.hook = func(dir Direction, u Unit) {

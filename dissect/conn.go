@@ -185,7 +185,7 @@ func (c *Conn) nextMessage(dir Direction, h *connHalf) (Unit, bool) {
 	}
 	u := Unit{Kind: UnitMessage, Header: h.rec, Start: start, Msg: m}
 	if m.TooLarge {
-		h.anomaly(dir, AnomalyHandshakeMessageTooLarge, fmt.Sprintf("message type %d of %d bytes, the cap is %d", m.Type, m.Length, c.limits.max(m.Type)))
+		h.anomaly(dir, AnomalyHandshakeMessageTooLarge, fmt.Sprintf("message type %d of %d bytes, the cap is %d", m.Type, m.Length, c.limits.capFor(m.Type)))
 		return u, true
 	}
 	if dir == Down && m.Type == rlServerHello {

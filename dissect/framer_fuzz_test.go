@@ -15,16 +15,11 @@ import (
 // recFuzzLimits are small so that inputs of a few KB reach the caps.
 var recFuzzLimits = Limits{MaxClientHello: 512, MaxMessage: 2048}
 
-// recMaxUnit is the most bytes one unit can need: an SSLv2 record with a
-// 2-byte header and the largest 15-bit length. A framer that asks for more
-// with that many bytes pending would make the pump buffer without bound.
-const recMaxUnit = 2 + 0x7fff
-
 // recFuzzRun feeds data to a Conn as dir in pieces ending at cuts and
 // returns the units in a split-independent form. It checks, after every
 // call, that units lie where they say in data, that a NeedMore never comes
-// with a whole unit's worth of bytes pending, and that the reassembly
-// buffer stays within the caps.
+// with MaxUnitBytes pending (the pump would buffer without bound), and that
+// the reassembly buffer stays within the caps.
 func recFuzzRun(t *testing.T, dir Direction, data []byte, cuts []int) []string {
 	c := NewConn(recFuzzLimits)
 	var lines []string
@@ -52,7 +47,7 @@ func recFuzzRun(t *testing.T, dir Direction, data []byte, cuts []int) []string {
 				return
 			}
 			if u.Kind == NeedMore {
-				if n != 0 || len(pending) >= recMaxUnit {
+				if n != 0 || len(pending) >= MaxUnitBytes {
 					t.Fatalf("NeedMore with %d bytes pending, %d consumed", len(pending), n)
 				}
 				return
@@ -73,7 +68,7 @@ func recFuzzRun(t *testing.T, dir Direction, data []byte, cuts []int) []string {
 				payload += n
 			case UnitMessage:
 				m := u.Msg
-				if n != 0 || (!m.TooLarge && (len(m.Body) != m.Length || len(m.Raw) != m.Length+4 || m.Length > recFuzzLimits.max(m.Type))) {
+				if n != 0 || (!m.TooLarge && (len(m.Body) != m.Length || len(m.Raw) != m.Length+4 || m.Length > recFuzzLimits.capFor(m.Type))) {
 					t.Fatalf("message %+v consumed %d", m, n)
 				}
 				lines = append(lines, fmt.Sprintf("msg %d len=%d large=%v @%d raw=%08x", m.Type, m.Length, m.TooLarge, u.Start, crc32.ChecksumIEEE(m.Raw)))

@@ -66,7 +66,7 @@ func TestHeartbeatTypeName(t *testing.T) {
 
 // zeek/heartbleed.pcap: heartbeat_overflow on the 16368-byte request sent
 // in place of the ClientKeyExchange.
-func TestCaptureHeartbleed(t *testing.T) {
+func TestRecordCaptureHeartbleed(t *testing.T) {
 	for _, name := range []string{"zeek/heartbleed.pcap", "zeek/heartbleed-success.pcap"} {
 		var hbs []Unit
 		_, found, _ := recRunCapture(t, recCapture{name: name}, func(_ int, p *recPump) {
@@ -101,7 +101,7 @@ func TestCaptureHeartbleed(t *testing.T) {
 
 // zeek/heartbleed-encrypted.pcap: a heartbeat record after the switch to
 // encryption stays a heartbeat record, encrypted and undecoded.
-func TestCaptureEncryptedHeartbeat(t *testing.T) {
+func TestRecordCaptureEncryptedHeartbeat(t *testing.T) {
 	var hbs []Unit
 	_, found, _ := recRunCapture(t, recCapture{name: "zeek/heartbleed-encrypted.pcap"}, func(_ int, p *recPump) {
 		p.hook = func(dir Direction, u Unit) {

@@ -44,7 +44,7 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
-func (l Limits) max(msgType uint8) int {
+func (l Limits) capFor(msgType uint8) int {
 	if msgType == rlClientHello {
 		return l.MaxClientHello
 	}
@@ -177,7 +177,7 @@ func (r *reassembler) next() (Message, int64, bool) {
 				return Message{}, 0, false
 			}
 			t, n := r.frag[0], int(r.frag[1])<<16|int(r.frag[2])<<8|int(r.frag[3])
-			if n <= r.limits.max(t) && rlMsgHeaderLen+n <= len(r.frag) {
+			if n <= r.limits.capFor(t) && rlMsgHeaderLen+n <= len(r.frag) {
 				raw := r.frag[: rlMsgHeaderLen+n : rlMsgHeaderLen+n]
 				r.frag = r.frag[rlMsgHeaderLen+n:]
 				return Message{Type: t, Length: n, Body: raw[rlMsgHeaderLen:], Raw: raw}, r.msgStart, true
@@ -197,7 +197,7 @@ func (r *reassembler) next() (Message, int64, bool) {
 func (r *reassembler) begin(hdr []byte) (Message, bool) {
 	t, n := hdr[0], int(hdr[1])<<16|int(hdr[2])<<8|int(hdr[3])
 	r.declared = n
-	if n > r.limits.max(t) {
+	if n > r.limits.capFor(t) {
 		r.state, r.want = stSkip, n
 		return Message{Type: t, Length: n, TooLarge: true}, true
 	}

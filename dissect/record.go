@@ -95,6 +95,13 @@ const (
 	// record must take the larger bound. It also bounds what the pump has to
 	// buffer to see one complete record.
 	MaxRecordLength = 1<<14 + 2048
+
+	// MaxUnitBytes is the most bytes Next may need before it returns a
+	// unit: an SSLv2 record with a 2-byte header and the largest length
+	// its 15 bits hold. A TLS record needs at most HeaderLen +
+	// MaxRecordLength. A caller that holds this many unconsumed bytes
+	// always gets a unit or an error.
+	MaxUnitBytes = 2 + 0x7fff
 )
 
 // Anomaly names raised by the record layer. They are stable: rules match on

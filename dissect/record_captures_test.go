@@ -157,10 +157,10 @@ func recRunStreams(t *testing.T, c recCapture, streams []*pcaptest.Stream, hook 
 	return b.String(), found, pumps
 }
 
-// TestCapturesGolden feeds every shared capture through Conn and compares
+// TestRecordCapturesGolden feeds every shared capture through Conn and compares
 // the unit sequence with testdata/record_captures.golden (rewritten with
 // -update), then checks the anomalies each capture must give.
-func TestCapturesGolden(t *testing.T) {
+func TestRecordCapturesGolden(t *testing.T) {
 	var all strings.Builder
 	for _, c := range recCaptures {
 		text, found, _ := recRunCapture(t, c, nil)
@@ -204,7 +204,7 @@ func TestCapturesGolden(t *testing.T) {
 // 339,629 bytes in 21 records. With the default caps it is reported and
 // skipped; with a raised cap it is reassembled to the bytes of the records,
 // and incomplete from the first of them until the last.
-func TestCaptureFragmentedCertificate(t *testing.T) {
+func TestRecordCaptureFragmentedCertificate(t *testing.T) {
 	const name = "zeek/tls-fragmented-handshake.pcap.gz"
 	down := recStreams(t, name)[0].Payload(false)
 	// The records, walked independently of the framer.
@@ -282,7 +282,7 @@ func TestCaptureFragmentedCertificate(t *testing.T) {
 // Bytes that are not a record header stop the framing with an error, not
 // a crash: a server answering 00 00 00 00 02 00 28, SSH on port 443, and
 // the zeros after a zero-length handshake record.
-func TestCaptureFramingErrors(t *testing.T) {
+func TestRecordCaptureFramingErrors(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		connect bool
@@ -316,7 +316,7 @@ func TestCaptureFramingErrors(t *testing.T) {
 // The unit sequence of every capture does not depend on how its segments
 // are cut: each segment fed one byte at a time, or cut at random, gives the
 // lines of the capture fed segment by segment.
-func TestCapturesSplits(t *testing.T) {
+func TestRecordCapturesSplits(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 5))
 	for _, c := range recCaptures {
 		want, _, _ := recRunCapture(t, c, nil)
