@@ -30,9 +30,10 @@ import (
 // still framed but no message is reassembled. A heartbeat record stays a
 // heartbeat record (Encrypted).
 //
-// A Conn is used by one goroutine at a time (the two directions are
-// serialised by the caller); it keeps no reference to the caller's buffers
-// between calls except through the units it returned.
+// A Conn is used by one goroutine at a time (the caller serialises the two
+// directions). Between calls it keeps the fragment of the last handshake
+// record until that record's messages are returned: keep the bytes given to
+// Next unchanged until it returns NeedMore.
 type Conn struct {
 	limits Limits
 	dirs   [2]connHalf

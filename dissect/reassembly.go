@@ -76,10 +76,10 @@ type Message struct {
 type reassemblyState uint8
 
 const (
-	stIdle   reassemblyState = iota
-	stHeader                 // part of a message header is in hdr
-	stBuffer                 // a message is being copied into buf
-	stSkip                   // a message over its cap is being skipped
+	rsIdle   reassemblyState = iota
+	rsHeader                 // part of a message header is in hdr
+	rsBuffer                 // a message is being copied into buf
+	rsSkip                   // a message over its cap is being skipped
 )
 
 // reassembler turns the fragments of one direction's handshake records
@@ -95,7 +95,7 @@ type reassembler struct {
 	hdr      [rlMsgHeaderLen]byte
 	nhdr     int
 	buf      []byte // header and body so far of the message being copied
-	want     int    // body bytes still to copy (stBuffer) or skip (stSkip)
+	want     int    // body bytes still to copy (rsBuffer) or skip (rsSkip)
 	declared int    // body length of the current message
 	msgStart int64  // stream offset of the record where it began
 }
@@ -115,7 +115,7 @@ func (r *reassembler) drained() bool { return len(r.frag) == 0 }
 // the stream offset of the record where it began. A message being skipped
 // for its size is not incomplete: nothing waits for it.
 func (r *reassembler) incomplete() (int64, bool) {
-	if r.state == stHeader || r.state == stBuffer {
+	if r.state == rsHeader || r.state == rsBuffer {
 		return r.msgStart, true
 	}
 	return 0, false
@@ -126,29 +126,29 @@ func (r *reassembler) incomplete() (int64, bool) {
 func (r *reassembler) next() (Message, int64, bool) {
 	for {
 		switch r.state {
-		case stSkip:
+		case rsSkip:
 			k := min(r.want, len(r.frag))
 			r.frag, r.want = r.frag[k:], r.want-k
 			if r.want > 0 {
 				return Message{}, 0, false
 			}
-			r.state = stIdle
+			r.state = rsIdle
 
-		case stBuffer:
+		case rsBuffer:
 			k := min(r.want, len(r.frag))
 			r.buf = appendCapped(r.buf, r.frag[:k], rlMsgHeaderLen+r.declared)
 			r.frag, r.want = r.frag[k:], r.want-k
 			if r.want > 0 {
 				return Message{}, 0, false
 			}
-			r.state = stIdle
+			r.state = rsIdle
 			m := Message{Type: r.buf[0], Length: r.declared, Body: r.buf[rlMsgHeaderLen:], Raw: r.buf, Reassembled: true}
 			if cap(r.buf) > retainBuffer {
 				r.buf = nil
 			}
 			return m, r.msgStart, true
 
-		case stHeader:
+		case rsHeader:
 			k := min(rlMsgHeaderLen-r.nhdr, len(r.frag))
 			copy(r.hdr[r.nhdr:], r.frag[:k])
 			r.nhdr += k
@@ -159,13 +159,13 @@ func (r *reassembler) next() (Message, int64, bool) {
 			if m, ok := r.begin(r.hdr[:]); ok {
 				return m, r.msgStart, true
 			}
-			if r.state == stIdle {
+			if r.state == rsIdle {
 				// An empty body after a split header: it is complete.
 				m := Message{Type: r.buf[0], Body: r.buf[rlMsgHeaderLen:], Raw: r.buf, Reassembled: true}
 				return m, r.msgStart, true
 			}
 
-		case stIdle:
+		case rsIdle:
 			if len(r.frag) == 0 {
 				return Message{}, 0, false
 			}
@@ -173,7 +173,7 @@ func (r *reassembler) next() (Message, int64, bool) {
 			if len(r.frag) < rlMsgHeaderLen {
 				r.nhdr = copy(r.hdr[:], r.frag)
 				r.frag = nil
-				r.state = stHeader
+				r.state = rsHeader
 				return Message{}, 0, false
 			}
 			t, n := r.frag[0], int(r.frag[1])<<16|int(r.frag[2])<<8|int(r.frag[3])
@@ -198,7 +198,7 @@ func (r *reassembler) begin(hdr []byte) (Message, bool) {
 	t, n := hdr[0], int(hdr[1])<<16|int(hdr[2])<<8|int(hdr[3])
 	r.declared = n
 	if n > r.limits.capFor(t) {
-		r.state, r.want = stSkip, n
+		r.state, r.want = rsSkip, n
 		return Message{Type: t, Length: n, TooLarge: true}, true
 	}
 	total := rlMsgHeaderLen + n
@@ -208,9 +208,9 @@ func (r *reassembler) begin(hdr []byte) (Message, bool) {
 		r.buf = make([]byte, 0, min(total, max(2*cap(r.buf), len(r.frag)+rlMsgHeaderLen, 512)))
 	}
 	r.buf = append(r.buf[:0], hdr...)
-	r.state, r.want = stBuffer, n
+	r.state, r.want = rsBuffer, n
 	if n == 0 {
-		r.state = stIdle
+		r.state = rsIdle
 	}
 	return Message{}, false
 }
@@ -220,15 +220,15 @@ func (r *reassembler) begin(hdr []byte) (Message, bool) {
 // seen of the message in progress, or the unread fragment bytes.
 func (r *reassembler) reset() (declared, seen int, inMessage bool, unread int) {
 	switch r.state {
-	case stHeader:
+	case rsHeader:
 		declared, seen, inMessage = -1, r.nhdr, true
-	case stBuffer:
+	case rsBuffer:
 		declared, seen, inMessage = r.declared, len(r.buf)-rlMsgHeaderLen, true
-	case stSkip:
+	case rsSkip:
 		declared, seen, inMessage = r.declared, r.declared-r.want, true
 	}
 	unread = len(r.frag)
-	r.frag, r.state, r.nhdr, r.want = nil, stIdle, 0, 0
+	r.frag, r.state, r.nhdr, r.want = nil, rsIdle, 0, 0
 	if cap(r.buf) > retainBuffer {
 		r.buf = nil
 	}
