@@ -376,7 +376,7 @@ func (b *Builder[C, U, P]) Build() (*Machine[C, U, P], error) {
 				execute:  t.Execute,
 				jump:     jumpNone,
 				jumpName: t.Jump,
-				pos:      t.Pos,
+				pos:      pos,
 			}
 			if t.Jump != "" {
 				for _, id := range evs {
@@ -406,14 +406,15 @@ func (b *Builder[C, U, P]) Build() (*Machine[C, U, P], error) {
 		return out
 	}
 	m.any = compile(b.any)
+	compiled := make([]bool, len(m.states))
 	for _, sd := range b.states {
 		i, ok := index[sd.name]
-		if !ok || m.states[i].compiled {
+		if !ok || compiled[i] {
 			// A state rejected above (empty, reserved or duplicate name):
 			// its transitions would only repeat that error.
 			continue
 		}
-		m.states[i].compiled = true
+		compiled[i] = true
 		m.states[i].own = compile(sd)
 	}
 	if len(errs) > 0 {
@@ -478,11 +479,7 @@ func (m *Machine[C, U, P]) lint() []Warning {
 		for _, t := range st.own {
 			for _, id := range t.events {
 				if (id == EvUp || id == EvDown) && st.elem[id-EvUp] == nil {
-					pos := t.pos
-					if pos == "" {
-						pos = st.pos
-					}
-					ws = append(ws, Warning{Pos: pos, State: st.name,
+					ws = append(ws, Warning{Pos: t.pos, State: st.name,
 						Msg: fmt.Sprintf("transition on %s never runs: the state has no %s grammar element", id, Direction(id-EvUp))})
 				}
 			}

@@ -91,7 +91,8 @@ const (
 // Every call that lets time pass takes now: the wall clock live, the packet
 // timestamp in a replay. Time never goes back: an earlier now counts as the
 // latest one seen. Entering a state arms its timeout(d) events at now+d,
-// each to fire once; a jump, even to the same state, re-arms them. Before
+// each to fire once (Haka's timers repeat; here a transition that jumps to
+// its own state re-arms them for another period). Before
 // Feed dispatches a unit and in Advance, the timeouts due by now fire in
 // deadline order, each at its own deadline: a state entered by a timeout
 // arms its timers from that deadline, so a replay reaches the verdicts of
@@ -118,9 +119,10 @@ const (
 // # Ending
 //
 // A jump to fail, Fail, or a parse_error or missing_grammar that no
-// transition handles runs the fail action of the current state (its
-// transitions on fail, then any's), then leave, then finish, and marks the
-// instance failed with a *FailError. A jump to finish or Finish runs leave
+// transition handles runs the fail action of the current state (the first
+// of its transitions on fail, then of any's, whose guard passes, as for
+// every event), then leave, then finish, and marks the instance failed with
+// a *FailError. A jump to finish or Finish runs leave
 // then finish. Events raised while ending reach the hook but no
 // transition. Afterwards every call returns ErrFinished.
 type Instance[C, U, P any] struct {

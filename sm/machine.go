@@ -19,10 +19,9 @@ type Machine[C, U, P any] struct {
 }
 
 type state[C, U, P any] struct {
-	name     string
-	elem     [2]*Element[C, U, P]
-	pos      string
-	compiled bool
+	name string
+	elem [2]*Element[C, U, P]
+	pos  string
 	// own are the state's transitions in declaration order (for DOT).
 	own []*transition[C, U, P]
 	// on holds, by EventID, the state's transitions on that event and then
@@ -46,7 +45,7 @@ type transition[C, U, P any] struct {
 	execute  Action[C, U, P]
 	jump     int32 // a state index or one of jumpNone, jumpFail, jumpFinish
 	jumpName string
-	pos      string
+	pos      string // the transition's definition site, else its state's
 }
 
 // Name returns the machine's name.
