@@ -108,7 +108,6 @@ type Builder[C, U, P any] struct {
 
 // StateDef is a state under definition.
 type StateDef[C, U, P any] struct {
-	b     *Builder[C, U, P]
 	name  string
 	elem  [2]*Element[C, U, P]
 	pos   string
@@ -127,7 +126,7 @@ func NewBuilder[C, U, P any](name string) *Builder[C, U, P] {
 		b.events[id] = EventInfo{ID: id, Name: baseEventNames[id], Kind: BaseEvent}
 		b.byName[baseEventNames[id]] = id
 	}
-	b.any = &StateDef[C, U, P]{b: b, name: anyName}
+	b.any = &StateDef[C, U, P]{name: anyName}
 	return b
 }
 
@@ -195,7 +194,7 @@ func (b *Builder[C, U, P]) State(name string) *StateDef[C, U, P] {
 // down units with down; either may be nil (then such a unit raises
 // missing_grammar).
 func (b *Builder[C, U, P]) BidirectionalState(name string, up, down *Element[C, U, P]) *StateDef[C, U, P] {
-	s := &StateDef[C, U, P]{b: b, name: name, elem: [2]*Element[C, U, P]{up, down}}
+	s := &StateDef[C, U, P]{name: name, elem: [2]*Element[C, U, P]{up, down}}
 	b.states = append(b.states, s)
 	return s
 }
