@@ -7,32 +7,32 @@ type HandshakeType uint8
 
 // Handshake message types (IANA "TLS HandshakeType" registry).
 const (
-	MsgHelloRequest              HandshakeType = 0
-	MsgClientHello               HandshakeType = 1
-	MsgServerHello               HandshakeType = 2
-	MsgHelloVerifyRequest        HandshakeType = 3 // DTLS only
-	MsgNewSessionTicket          HandshakeType = 4
-	MsgEndOfEarlyData            HandshakeType = 5
-	MsgHelloRetryRequest         HandshakeType = 6 // TLS 1.3 drafts before 22 only
-	MsgEncryptedExtensions       HandshakeType = 8
-	MsgRequestConnectionID       HandshakeType = 9  // DTLS 1.3
-	MsgNewConnectionID           HandshakeType = 10 // DTLS 1.3
-	MsgCertificate               HandshakeType = 11
-	MsgServerKeyExchange         HandshakeType = 12
-	MsgCertificateRequest        HandshakeType = 13
-	MsgServerHelloDone           HandshakeType = 14
-	MsgCertificateVerify         HandshakeType = 15
-	MsgClientKeyExchange         HandshakeType = 16
-	MsgClientCertificateRequest  HandshakeType = 17 // RFC 9261
-	MsgFinished                  HandshakeType = 20
-	MsgCertificateURL            HandshakeType = 21
-	MsgCertificateStatus         HandshakeType = 22
-	MsgSupplementalData          HandshakeType = 23
-	MsgKeyUpdate                 HandshakeType = 24
-	MsgCompressedCertificate     HandshakeType = 25 // RFC 8879
-	MsgEKTKey                    HandshakeType = 26 // RFC 8870
-	MsgNextProtocol              HandshakeType = 67 // NPN, never standardised
-	MsgMessageHash               HandshakeType = 254
+	MsgHelloRequest             HandshakeType = 0
+	MsgClientHello              HandshakeType = 1
+	MsgServerHello              HandshakeType = 2
+	MsgHelloVerifyRequest       HandshakeType = 3 // DTLS only
+	MsgNewSessionTicket         HandshakeType = 4
+	MsgEndOfEarlyData           HandshakeType = 5
+	MsgHelloRetryRequest        HandshakeType = 6 // TLS 1.3 drafts before 22 only
+	MsgEncryptedExtensions      HandshakeType = 8
+	MsgRequestConnectionID      HandshakeType = 9  // DTLS 1.3
+	MsgNewConnectionID          HandshakeType = 10 // DTLS 1.3
+	MsgCertificate              HandshakeType = 11
+	MsgServerKeyExchange        HandshakeType = 12
+	MsgCertificateRequest       HandshakeType = 13
+	MsgServerHelloDone          HandshakeType = 14
+	MsgCertificateVerify        HandshakeType = 15
+	MsgClientKeyExchange        HandshakeType = 16
+	MsgClientCertificateRequest HandshakeType = 17 // RFC 9261
+	MsgFinished                 HandshakeType = 20
+	MsgCertificateURL           HandshakeType = 21
+	MsgCertificateStatus        HandshakeType = 22
+	MsgSupplementalData         HandshakeType = 23
+	MsgKeyUpdate                HandshakeType = 24
+	MsgCompressedCertificate    HandshakeType = 25 // RFC 8879
+	MsgEKTKey                   HandshakeType = 26 // RFC 8870
+	MsgNextProtocol             HandshakeType = 67 // NPN, never standardised
+	MsgMessageHash              HandshakeType = 254
 )
 
 var handshakeTypeNames = [...]string{
