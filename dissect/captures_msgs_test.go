@@ -125,7 +125,7 @@ var helloCases = []helloCase{
 // stream (several hellos: a HelloRetryRequest exchange, or a duplicate).
 func clientHelloFromCapture(t *testing.T, c helloCase) *ClientHello {
 	t.Helper()
-	msgs, v2 := captureMessages(t, c.capture, c.stream, true)
+	msgs, v2 := pcapHandshakeMsgs(t, c.capture, c.stream, true)
 	if c.sslv2 {
 		if v2 == nil {
 			t.Fatal("no SSLv2 CLIENT-HELLO at the start of the stream")
@@ -136,7 +136,7 @@ func clientHelloFromCapture(t *testing.T, c helloCase) *ClientHello {
 		}
 		return h
 	}
-	streams := captureStreams(t, c.capture)
+	streams := pcapStreams(t, c.capture)
 	hellos := clientHellosOfStream(t, streams[c.stream].Payload(true))
 	if c.nth >= len(hellos) {
 		t.Fatalf("%d ClientHellos in the stream, want #%d (first messages: %v)", len(hellos), c.nth, msgs)
@@ -228,7 +228,7 @@ func TestClientHelloFromCaptures(t *testing.T) {
 			if c.ja3s == "" {
 				return
 			}
-			down, _ := captureMessages(t, c.capture, c.stream, false)
+			down, _ := pcapHandshakeMsgs(t, c.capture, c.stream, false)
 			shMsg, ok := findMsg(down, MsgServerHello)
 			if !ok {
 				t.Fatal("no ServerHello")
@@ -250,7 +250,7 @@ func TestClientHelloFromCaptures(t *testing.T) {
 // then read as a cookie of 0x0803 = 2051 bytes, the "Vector length 2051 is
 // too large" tshark reports.
 func TestDuplicateHelloSecondIsMalformed(t *testing.T) {
-	streams := captureStreams(t, "suricata-verify/tls-duplicate-hello/input.pcap")
+	streams := pcapStreams(t, "suricata-verify/tls-duplicate-hello/input.pcap")
 	hellos := clientHellosOfStream(t, streams[1].Payload(true))
 	if len(hellos) != 2 {
 		t.Fatalf("%d hellos, want 2", len(hellos))
@@ -281,7 +281,7 @@ func TestChromeKyberKeyShare(t *testing.T) {
 }
 
 func TestHelloRetryRequestFromCapture(t *testing.T) {
-	down, _ := captureMessages(t, "zeek/hrr.pcap", 0, false)
+	down, _ := pcapHandshakeMsgs(t, "zeek/hrr.pcap", 0, false)
 	m, ok := findMsg(down, MsgServerHello)
 	if !ok {
 		t.Fatal("no ServerHello")
@@ -294,7 +294,7 @@ func TestHelloRetryRequestFromCapture(t *testing.T) {
 		t.Fatalf("HRR %v version %s group %#x", sh.HelloRetryRequest, VersionName(sh.Version()), sh.KeyShareGroup)
 	}
 	// The second hello answers with a share for the group asked for.
-	streams := captureStreams(t, "zeek/hrr.pcap")
+	streams := pcapStreams(t, "zeek/hrr.pcap")
 	hellos := clientHellosOfStream(t, streams[0].Payload(true))
 	if len(hellos) != 2 {
 		t.Fatalf("%d hellos, want 2", len(hellos))
@@ -384,7 +384,7 @@ var serverFlightCases = []serverFlightCase{
 func TestServerFlightFromCaptures(t *testing.T) {
 	for _, c := range serverFlightCases {
 		t.Run(strings.ReplaceAll(c.capture, "/", "_"), func(t *testing.T) {
-			down, _ := captureMessages(t, c.capture, c.stream, false)
+			down, _ := pcapHandshakeMsgs(t, c.capture, c.stream, false)
 			f, err := parseServerFlight(down)
 			if err != nil {
 				t.Fatal(err)
@@ -435,7 +435,7 @@ func TestServerFlightFromCaptures(t *testing.T) {
 // The MANIFEST: tls1.2-protocol-violation.pcap is tls1.2.pcap with one
 // length inside the server Certificate corrupted.
 func TestCertificateBrokenLength(t *testing.T) {
-	down, _ := captureMessages(t, "zeek/tls1.2-protocol-violation.pcap", 0, false)
+	down, _ := pcapHandshakeMsgs(t, "zeek/tls1.2-protocol-violation.pcap", 0, false)
 	m, ok := findMsg(down, MsgCertificate)
 	if !ok {
 		t.Fatal("no Certificate message")
@@ -446,7 +446,7 @@ func TestCertificateBrokenLength(t *testing.T) {
 		t.Fatalf("got %v, want a malformed certificate_list", err)
 	}
 	// The well-formed twin parses.
-	down, _ = captureMessages(t, "zeek/tls1.2.pcap", 0, false)
+	down, _ = pcapHandshakeMsgs(t, "zeek/tls1.2.pcap", 0, false)
 	m, _ = findMsg(down, MsgCertificate)
 	if _, err := ParseCertificate(m.body, VersionTLS12); err != nil {
 		t.Fatalf("tls1.2.pcap: %v", err)

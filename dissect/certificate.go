@@ -58,24 +58,24 @@ func (m *Certificate) Unmarshal(body []byte, version uint16) error {
 	if m.TLS13 {
 		var ctx cryptobyte.String
 		if !s.ReadUint8LengthPrefixed(&ctx) {
-			return malformed(typ, "certificate_request_context")
+			return malformedMsg(typ, "certificate_request_context")
 		}
 		m.RequestContext = ctx
 	}
 	var list cryptobyte.String
 	if !s.ReadUint24LengthPrefixed(&list) || !s.Empty() {
-		return malformed(typ, "certificate_list length")
+		return malformedMsg(typ, "certificate_list length")
 	}
 	for !list.Empty() {
 		var der cryptobyte.String
 		if !list.ReadUint24LengthPrefixed(&der) || der.Empty() {
-			return malformed(typ, "certificate_list entry length")
+			return malformedMsg(typ, "certificate_list entry length")
 		}
 		e := CertificateEntry{DER: der}
 		if m.TLS13 {
 			var exts cryptobyte.String
 			if !list.ReadUint16LengthPrefixed(&exts) {
-				return malformed(typ, "certificate entry extensions")
+				return malformedMsg(typ, "certificate entry extensions")
 			}
 			e.Extensions = exts
 		}
@@ -222,12 +222,12 @@ func ParseCertificateRequest(body []byte, version uint16) (*CertificateRequest, 
 	if m.TLS13 {
 		var ctx cryptobyte.String
 		if !s.ReadUint8LengthPrefixed(&ctx) {
-			return nil, malformed(typ, "certificate_request_context")
+			return nil, malformedMsg(typ, "certificate_request_context")
 		}
 		m.RequestContext = ctx
 		var ok bool
 		if m.Extensions, ok = readExtensions(&s, nil); !ok || !s.Empty() {
-			return nil, malformed(typ, "extensions")
+			return nil, malformedMsg(typ, "extensions")
 		}
 		for _, e := range m.Extensions {
 			if e.Type != ExtSignatureAlgorithms {
@@ -236,7 +236,7 @@ func ParseCertificateRequest(body []byte, version uint16) (*CertificateRequest, 
 			d := cryptobyte.String(e.Data)
 			var list cryptobyte.String
 			if !d.ReadUint16LengthPrefixed(&list) || !d.Empty() || list.Empty() || len(list)%2 != 0 {
-				return nil, malformed(typ, "signature_algorithms extension")
+				return nil, malformedMsg(typ, "signature_algorithms extension")
 			}
 			m.SignatureAlgorithms = appendUint16s(m.SignatureAlgorithms, list)
 		}
@@ -244,24 +244,24 @@ func ParseCertificateRequest(body []byte, version uint16) (*CertificateRequest, 
 	}
 	var types cryptobyte.String
 	if !s.ReadUint8LengthPrefixed(&types) || types.Empty() {
-		return nil, malformed(typ, "certificate_types")
+		return nil, malformedMsg(typ, "certificate_types")
 	}
 	m.CertificateTypes = types
 	if version >= VersionTLS12 {
 		var algs cryptobyte.String
 		if !s.ReadUint16LengthPrefixed(&algs) || algs.Empty() || len(algs)%2 != 0 {
-			return nil, malformed(typ, "supported_signature_algorithms")
+			return nil, malformedMsg(typ, "supported_signature_algorithms")
 		}
 		m.SignatureAlgorithms = appendUint16s(nil, algs)
 	}
 	var cas cryptobyte.String
 	if !s.ReadUint16LengthPrefixed(&cas) || !s.Empty() {
-		return nil, malformed(typ, "certificate_authorities")
+		return nil, malformedMsg(typ, "certificate_authorities")
 	}
 	for !cas.Empty() {
 		var dn cryptobyte.String
 		if !cas.ReadUint16LengthPrefixed(&dn) || dn.Empty() {
-			return nil, malformed(typ, "certificate_authorities entry")
+			return nil, malformedMsg(typ, "certificate_authorities entry")
 		}
 		m.CertificateAuthorities = append(m.CertificateAuthorities, dn)
 	}
@@ -289,10 +289,10 @@ func ParseCertificateStatus(body []byte) (*CertificateStatus, error) {
 	s := cryptobyte.String(body)
 	var resp cryptobyte.String
 	if !s.ReadUint8(&m.StatusType) {
-		return nil, malformed(MsgCertificateStatus, "status_type")
+		return nil, malformedMsg(MsgCertificateStatus, "status_type")
 	}
 	if !s.ReadUint24LengthPrefixed(&resp) || resp.Empty() || !s.Empty() {
-		return nil, malformed(MsgCertificateStatus, "OCSPResponse")
+		return nil, malformedMsg(MsgCertificateStatus, "OCSPResponse")
 	}
 	m.Response = resp
 	return m, nil

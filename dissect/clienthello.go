@@ -125,21 +125,21 @@ func (h *ClientHello) Unmarshal(body []byte) error {
 	s := cryptobyte.String(body)
 	var sid, ciphers, comp cryptobyte.String
 	if !s.ReadUint16(&h.LegacyVersion) {
-		return malformed(MsgClientHello, "client_version")
+		return malformedMsg(MsgClientHello, "client_version")
 	}
 	if !s.ReadBytes(&h.Random, 32) {
-		return malformed(MsgClientHello, "random")
+		return malformedMsg(MsgClientHello, "random")
 	}
 	if !s.ReadUint8LengthPrefixed(&sid) || len(sid) > maxSessionIDLen {
-		return malformed(MsgClientHello, "session_id")
+		return malformedMsg(MsgClientHello, "session_id")
 	}
 	h.SessionID = sid
 	if !s.ReadUint16LengthPrefixed(&ciphers) || len(ciphers)%2 != 0 {
-		return malformed(MsgClientHello, "cipher_suites")
+		return malformedMsg(MsgClientHello, "cipher_suites")
 	}
 	h.CipherSuites = appendUint16s(h.CipherSuites, ciphers)
 	if !s.ReadUint8LengthPrefixed(&comp) {
-		return malformed(MsgClientHello, "compression_methods")
+		return malformedMsg(MsgClientHello, "compression_methods")
 	}
 	h.CompressionMethods = comp
 	if s.Empty() {
@@ -151,10 +151,10 @@ func (h *ClientHello) Unmarshal(body []byte) error {
 	h.HasExtensions = true
 	var ok bool
 	if h.Extensions, ok = readExtensions(&s, h.Extensions); !ok {
-		return malformed(MsgClientHello, "extensions")
+		return malformedMsg(MsgClientHello, "extensions")
 	}
 	if !s.Empty() {
-		return malformed(MsgClientHello, "message length (bytes after the extensions)")
+		return malformedMsg(MsgClientHello, "message length (bytes after the extensions)")
 	}
 	return h.decodeExtensions()
 }
@@ -184,37 +184,37 @@ func (h *ClientHello) decodeExtension(e Extension) error {
 	case ExtALPN:
 		var list cryptobyte.String
 		if !d.ReadUint16LengthPrefixed(&list) || !d.Empty() || list.Empty() {
-			return malformed(MsgClientHello, "application_layer_protocol_negotiation extension")
+			return malformedMsg(MsgClientHello, "application_layer_protocol_negotiation extension")
 		}
 		for !list.Empty() {
 			var proto cryptobyte.String
 			if !list.ReadUint8LengthPrefixed(&proto) || proto.Empty() {
-				return malformed(MsgClientHello, "application_layer_protocol_negotiation extension")
+				return malformedMsg(MsgClientHello, "application_layer_protocol_negotiation extension")
 			}
 			h.ALPN = append(h.ALPN, proto)
 		}
 	case ExtSupportedVersions:
 		var list cryptobyte.String
 		if !d.ReadUint8LengthPrefixed(&list) || !d.Empty() || list.Empty() || len(list)%2 != 0 {
-			return malformed(MsgClientHello, "supported_versions extension")
+			return malformedMsg(MsgClientHello, "supported_versions extension")
 		}
 		h.SupportedVersions = appendUint16s(h.SupportedVersions, list)
 	case ExtSupportedGroups:
 		var list cryptobyte.String
 		if !d.ReadUint16LengthPrefixed(&list) || !d.Empty() || list.Empty() || len(list)%2 != 0 {
-			return malformed(MsgClientHello, "supported_groups extension")
+			return malformedMsg(MsgClientHello, "supported_groups extension")
 		}
 		h.SupportedGroups = appendUint16s(h.SupportedGroups, list)
 	case ExtSignatureAlgorithms:
 		var list cryptobyte.String
 		if !d.ReadUint16LengthPrefixed(&list) || !d.Empty() || list.Empty() || len(list)%2 != 0 {
-			return malformed(MsgClientHello, "signature_algorithms extension")
+			return malformedMsg(MsgClientHello, "signature_algorithms extension")
 		}
 		h.SignatureAlgorithms = appendUint16s(h.SignatureAlgorithms, list)
 	case ExtECPointFormats:
 		var list cryptobyte.String
 		if !d.ReadUint8LengthPrefixed(&list) || !d.Empty() || list.Empty() {
-			return malformed(MsgClientHello, "ec_point_formats extension")
+			return malformedMsg(MsgClientHello, "ec_point_formats extension")
 		}
 		h.ECPointFormats = list
 	case ExtKeyShare:
@@ -222,26 +222,26 @@ func (h *ClientHello) decodeExtension(e Extension) error {
 		// HelloRetryRequest to learn the server's group (RFC 8446 4.2.8).
 		var list cryptobyte.String
 		if !d.ReadUint16LengthPrefixed(&list) || !d.Empty() {
-			return malformed(MsgClientHello, "key_share extension")
+			return malformedMsg(MsgClientHello, "key_share extension")
 		}
 		for !list.Empty() {
 			var ks KeyShare
 			var key cryptobyte.String
 			if !list.ReadUint16(&ks.Group) || !list.ReadUint16LengthPrefixed(&key) || key.Empty() {
-				return malformed(MsgClientHello, "key_share extension")
+				return malformedMsg(MsgClientHello, "key_share extension")
 			}
 			ks.Data = key
 			h.KeyShares = append(h.KeyShares, ks)
 		}
 	case ExtHeartbeat:
 		if !d.ReadUint8(&h.HeartbeatMode) || !d.Empty() {
-			return malformed(MsgClientHello, "heartbeat extension")
+			return malformedMsg(MsgClientHello, "heartbeat extension")
 		}
 		h.Heartbeat = true
 	case ExtCookie:
 		var cookie cryptobyte.String
 		if !d.ReadUint16LengthPrefixed(&cookie) || !d.Empty() || cookie.Empty() {
-			return malformed(MsgClientHello, "cookie extension")
+			return malformedMsg(MsgClientHello, "cookie extension")
 		}
 		h.Cookie = cookie
 	case ExtSessionTicket:
@@ -345,10 +345,10 @@ func (h *ClientHello) KeyShareGroups() []uint16 {
 // raw extensions (SSLv2 hellos in their SSLv2 form). Tests check that it
 // gives back Raw; a rule engine may use it after editing a field.
 func (h *ClientHello) Marshal() ([]byte, error) {
-	var b cryptobyte.Builder
 	if h.SSLv2 {
 		return h.marshalSSLv2()
 	}
+	var b cryptobyte.Builder
 	b.AddUint16(h.LegacyVersion)
 	b.AddBytes(h.Random)
 	b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(h.SessionID) })
@@ -373,8 +373,8 @@ func marshalExtensions(b *cryptobyte.Builder, exts []Extension) {
 	})
 }
 
-// Clone returns a deep copy of h that references none of the caller's
-// buffers.
+// Clone returns a deep copy of a successfully parsed h that references
+// none of the caller's buffers (it parses a copy of Raw again).
 func (h *ClientHello) Clone() *ClientHello {
 	c := new(ClientHello)
 	if h.SSLv2 {

@@ -9,7 +9,7 @@ import "golang.org/x/crypto/cryptobyte"
 // ParseServerHelloDone checks a ServerHelloDone body, which is empty.
 func ParseServerHelloDone(body []byte) error {
 	if len(body) != 0 {
-		return malformed(MsgServerHelloDone, "message length (the body must be empty)")
+		return malformedMsg(MsgServerHelloDone, "message length (the body must be empty)")
 	}
 	return nil
 }
@@ -37,27 +37,27 @@ func ParseNewSessionTicket(body []byte, version uint16) (*NewSessionTicket, erro
 	const typ = MsgNewSessionTicket
 	s := cryptobyte.String(body)
 	if !s.ReadUint32(&m.Lifetime) {
-		return nil, malformed(typ, "ticket_lifetime")
+		return nil, malformedMsg(typ, "ticket_lifetime")
 	}
 	var ticket cryptobyte.String
 	if !m.TLS13 {
 		if !s.ReadUint16LengthPrefixed(&ticket) || !s.Empty() {
-			return nil, malformed(typ, "ticket")
+			return nil, malformedMsg(typ, "ticket")
 		}
 		m.Ticket = ticket
 		return m, nil
 	}
 	var nonce cryptobyte.String
 	if !s.ReadUint32(&m.AgeAdd) || !s.ReadUint8LengthPrefixed(&nonce) {
-		return nil, malformed(typ, "ticket_nonce")
+		return nil, malformedMsg(typ, "ticket_nonce")
 	}
 	if !s.ReadUint16LengthPrefixed(&ticket) || ticket.Empty() {
-		return nil, malformed(typ, "ticket")
+		return nil, malformedMsg(typ, "ticket")
 	}
 	m.Nonce, m.Ticket = nonce, ticket
 	var ok bool
 	if m.Extensions, ok = readExtensions(&s, nil); !ok || !s.Empty() {
-		return nil, malformed(typ, "extensions")
+		return nil, malformedMsg(typ, "extensions")
 	}
 	return m, nil
 }
@@ -67,7 +67,7 @@ func ParseNewSessionTicket(body []byte, version uint16) (*NewSessionTicket, erro
 // length in TLS 1.3), so only emptiness is an error.
 func ParseFinished(body []byte) ([]byte, error) {
 	if len(body) == 0 {
-		return nil, malformed(MsgFinished, "verify_data (empty)")
+		return nil, malformedMsg(MsgFinished, "verify_data (empty)")
 	}
 	return body, nil
 }
@@ -79,7 +79,7 @@ func ParseEncryptedExtensions(body []byte) ([]Extension, error) {
 	s := cryptobyte.String(body)
 	exts, ok := readExtensions(&s, nil)
 	if !ok || !s.Empty() {
-		return nil, malformed(MsgEncryptedExtensions, "extensions")
+		return nil, malformedMsg(MsgEncryptedExtensions, "extensions")
 	}
 	return exts, nil
 }
@@ -101,13 +101,13 @@ func ParseCertificateVerify(body []byte, version uint16) (*CertificateVerify, er
 	s := cryptobyte.String(body)
 	if version >= VersionTLS12 || IsTLS13Draft(version) {
 		if !s.ReadUint16(&m.SignatureAlgorithm) {
-			return nil, malformed(typ, "signature algorithm")
+			return nil, malformedMsg(typ, "signature algorithm")
 		}
 		m.HasSignatureAlgorithm = true
 	}
 	var sig cryptobyte.String
 	if !s.ReadUint16LengthPrefixed(&sig) || sig.Empty() || !s.Empty() {
-		return nil, malformed(typ, "signature")
+		return nil, malformedMsg(typ, "signature")
 	}
 	m.Signature = sig
 	return m, nil

@@ -99,7 +99,7 @@ func (e *MessageError) Error() string {
 // Unwrap makes errors.Is(err, ErrMalformedMessage) hold.
 func (e *MessageError) Unwrap() error { return ErrMalformedMessage }
 
-func malformed(t HandshakeType, field string) error {
+func malformedMsg(t HandshakeType, field string) error {
 	return &MessageError{Type: t, Field: field}
 }
 

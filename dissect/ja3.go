@@ -19,8 +19,8 @@ import (
 // scanners are the main senders of SSLv2 hellos and rules want to match
 // them: the version field, the cipher specs that are TLS cipher suites
 // (first byte zero) in order, and three empty fields, e.g.
-// "769,57-56-53-...,,,". Zeek's ja3 package does the same for the
-// ciphers it is given.
+// "769,57-56-53-...,,,". Cipher specs that only exist in SSLv2 (first
+// byte non-zero) are left out: they have no 16-bit value to print.
 
 // jaScratch is the size of the stack buffers the fingerprints build their
 // strings in: a Chrome hello's JA3 string is about 250 bytes, so 1 KiB

@@ -90,7 +90,7 @@ func (h *ClientHello) appendJA4A(dst []byte) []byte {
 	if isAlnum(first) && isAlnum(last) {
 		return append(dst, lower(first), lower(last))
 	}
-	return append(dst, hexDigits[first>>4], hexDigits[last&0xf])
+	return append(dst, lowerHex[first>>4], lowerHex[last&0xf])
 }
 
 // lower folds an ASCII letter to lower case. The JA4 text does not say so,

@@ -314,7 +314,7 @@ func ParseServerKeyExchange(body []byte, kx KeyExchange, version uint16) (*Serve
 	case KeyExchangePSK, KeyExchangeRSAPSK, KeyExchangeDHEPSK, KeyExchangeECDHEPSK:
 		var hint cryptobyte.String
 		if !s.ReadUint16LengthPrefixed(&hint) {
-			return nil, malformed(typ, "psk_identity_hint")
+			return nil, malformedMsg(typ, "psk_identity_hint")
 		}
 		m.PSKIdentityHint = hint
 	}
@@ -323,14 +323,14 @@ func ParseServerKeyExchange(body []byte, kx KeyExchange, version uint16) (*Serve
 	case KeyExchangeRSA, KeyExchangeRSAExport:
 		var exp cryptobyte.String
 		if !s.ReadUint16LengthPrefixed(&v) || v.Empty() || !s.ReadUint16LengthPrefixed(&exp) || exp.Empty() {
-			return nil, malformed(typ, "ServerRSAParams")
+			return nil, malformedMsg(typ, "ServerRSAParams")
 		}
 		m.PublicKey, m.RSAExponent = v, exp
 	case KeyExchangeDHE, KeyExchangeDHAnon, KeyExchangeDHEPSK:
 		var p, g cryptobyte.String
 		if !s.ReadUint16LengthPrefixed(&p) || p.Empty() || !s.ReadUint16LengthPrefixed(&g) || g.Empty() ||
 			!s.ReadUint16LengthPrefixed(&v) || v.Empty() {
-			return nil, malformed(typ, "ServerDHParams")
+			return nil, malformedMsg(typ, "ServerDHParams")
 		}
 		m.DHP, m.DHG, m.PublicKey = p, g, v
 	case KeyExchangeECDHE, KeyExchangeECDHAnon, KeyExchangeECDHEPSK:
@@ -338,14 +338,14 @@ func ParseServerKeyExchange(body []byte, kx KeyExchange, version uint16) (*Serve
 			return nil, err
 		}
 		if !s.ReadUint8LengthPrefixed(&v) || v.Empty() {
-			return nil, malformed(typ, "ECPoint")
+			return nil, malformedMsg(typ, "ECPoint")
 		}
 		m.PublicKey = v
 	case KeyExchangeSRP:
 		var n, g, salt cryptobyte.String
 		if !s.ReadUint16LengthPrefixed(&n) || n.Empty() || !s.ReadUint16LengthPrefixed(&g) || g.Empty() ||
 			!s.ReadUint8LengthPrefixed(&salt) || !s.ReadUint16LengthPrefixed(&v) || v.Empty() {
-			return nil, malformed(typ, "ServerSRPParams")
+			return nil, malformedMsg(typ, "ServerSRPParams")
 		}
 		m.DHP, m.DHG, m.SRPSalt, m.PublicKey = n, g, salt, v
 	case KeyExchangePSK, KeyExchangeRSAPSK:
@@ -357,18 +357,18 @@ func ParseServerKeyExchange(body []byte, kx KeyExchange, version uint16) (*Serve
 	if kx.signed() {
 		if version >= VersionTLS12 {
 			if !s.ReadUint16(&m.SignatureAlgorithm) {
-				return nil, malformed(typ, "signature algorithm")
+				return nil, malformedMsg(typ, "signature algorithm")
 			}
 			m.HasSignatureAlgorithm = true
 		}
 		var sig cryptobyte.String
 		if !s.ReadUint16LengthPrefixed(&sig) {
-			return nil, malformed(typ, "signature")
+			return nil, malformedMsg(typ, "signature")
 		}
 		m.Signature = sig
 	}
 	if !s.Empty() {
-		return nil, malformed(typ, "message length (bytes after the parameters)")
+		return nil, malformedMsg(typ, "message length (bytes after the parameters)")
 	}
 	return m, nil
 }
@@ -381,7 +381,7 @@ func (m *ServerKeyExchange) readECParams(s *cryptobyte.String) error {
 	const typ = MsgServerKeyExchange
 	start := *s
 	if !s.ReadUint8(&m.CurveType) {
-		return malformed(typ, "ECParameters curve_type")
+		return malformedMsg(typ, "ECParameters curve_type")
 	}
 	var f cryptobyte.String
 	// vec reads one opaque<1..2^8-1>.
@@ -389,38 +389,38 @@ func (m *ServerKeyExchange) readECParams(s *cryptobyte.String) error {
 	switch m.CurveType {
 	case CurveTypeNamedCurve:
 		if !s.ReadUint16(&m.NamedCurve) {
-			return malformed(typ, "ECParameters named_curve")
+			return malformedMsg(typ, "ECParameters named_curve")
 		}
 		return nil
 	case CurveTypeExplicitPrime:
 		// prime_p, curve (a, b), base, order, cofactor.
 		if !vec() || !vec() || !vec() || !vec() || !vec() || !vec() {
-			return malformed(typ, "ECParameters explicit_prime")
+			return malformedMsg(typ, "ECParameters explicit_prime")
 		}
 	case CurveTypeExplicitChar2:
 		var m16 uint16
 		var basis uint8
 		if !s.ReadUint16(&m16) || !s.ReadUint8(&basis) {
-			return malformed(typ, "ECParameters explicit_char2")
+			return malformedMsg(typ, "ECParameters explicit_char2")
 		}
 		switch basis {
 		case 1: // ec_basis_trinomial: k
 			if !vec() {
-				return malformed(typ, "ECParameters explicit_char2")
+				return malformedMsg(typ, "ECParameters explicit_char2")
 			}
 		case 2: // ec_basis_pentanomial: k1, k2, k3
 			if !vec() || !vec() || !vec() {
-				return malformed(typ, "ECParameters explicit_char2")
+				return malformedMsg(typ, "ECParameters explicit_char2")
 			}
 		default:
-			return malformed(typ, "ECParameters explicit_char2 basis")
+			return malformedMsg(typ, "ECParameters explicit_char2 basis")
 		}
 		// curve (a, b), base, order, cofactor.
 		if !vec() || !vec() || !vec() || !vec() || !vec() {
-			return malformed(typ, "ECParameters explicit_char2")
+			return malformedMsg(typ, "ECParameters explicit_char2")
 		}
 	default:
-		return malformed(typ, "ECParameters curve_type")
+		return malformedMsg(typ, "ECParameters curve_type")
 	}
 	m.CurveParams = start[1 : len(start)-len(*s)]
 	return nil
@@ -467,7 +467,7 @@ func ParseClientKeyExchange(body []byte, kx KeyExchange, version uint16) (*Clien
 	case KeyExchangePSK, KeyExchangeRSAPSK, KeyExchangeDHEPSK, KeyExchangeECDHEPSK:
 		var id cryptobyte.String
 		if !s.ReadUint16LengthPrefixed(&id) {
-			return nil, malformed(typ, "psk_identity")
+			return nil, malformedMsg(typ, "psk_identity")
 		}
 		m.PSKIdentity = id
 	}
@@ -477,13 +477,13 @@ func ParseClientKeyExchange(body []byte, kx KeyExchange, version uint16) (*Clien
 		if version == VersionSSL30 && kx != KeyExchangeRSAPSK {
 			// SSL 3.0 sends the encrypted premaster secret bare.
 			if s.Empty() {
-				return nil, malformed(typ, "EncryptedPreMasterSecret")
+				return nil, malformedMsg(typ, "EncryptedPreMasterSecret")
 			}
 			m.Exchange, s = s, nil
 			break
 		}
 		if !s.ReadUint16LengthPrefixed(&v) || v.Empty() {
-			return nil, malformed(typ, "EncryptedPreMasterSecret")
+			return nil, malformedMsg(typ, "EncryptedPreMasterSecret")
 		}
 		m.LengthForm, m.Exchange = LengthUint16, v
 	case KeyExchangeDHE, KeyExchangeDHAnon, KeyExchangeDHEPSK, KeyExchangeSRP, KeyExchangeDH:
@@ -491,7 +491,7 @@ func ParseClientKeyExchange(body []byte, kx KeyExchange, version uint16) (*Clien
 			break // implicit: the client certificate holds the DH key
 		}
 		if !s.ReadUint16LengthPrefixed(&v) || v.Empty() {
-			return nil, malformed(typ, "ClientDiffieHellmanPublic")
+			return nil, malformedMsg(typ, "ClientDiffieHellmanPublic")
 		}
 		m.LengthForm, m.Exchange = LengthUint16, v
 	case KeyExchangeECDHE, KeyExchangeECDHAnon, KeyExchangeECDHEPSK, KeyExchangeECDH:
@@ -499,7 +499,7 @@ func ParseClientKeyExchange(body []byte, kx KeyExchange, version uint16) (*Clien
 			break // implicit: fixed ECDH client certificate
 		}
 		if !s.ReadUint8LengthPrefixed(&v) || v.Empty() {
-			return nil, malformed(typ, "ClientECDiffieHellmanPublic")
+			return nil, malformedMsg(typ, "ClientECDiffieHellmanPublic")
 		}
 		m.LengthForm, m.Exchange = LengthUint8, v
 	case KeyExchangePSK:
@@ -509,7 +509,7 @@ func ParseClientKeyExchange(body []byte, kx KeyExchange, version uint16) (*Clien
 		m.Exchange, s = s, nil
 	}
 	if !s.Empty() {
-		return nil, malformed(typ, "message length (bytes after the exchange value)")
+		return nil, malformedMsg(typ, "message length (bytes after the exchange value)")
 	}
 	return m, nil
 }

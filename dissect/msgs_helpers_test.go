@@ -20,7 +20,7 @@ func init() {
 	}
 }
 
-func updating() bool {
+func updateRecordings() bool {
 	f := flag.Lookup("update")
 	return f != nil && f.Value.String() == "true"
 }
@@ -67,12 +67,12 @@ func cleartextMessages(t testing.TB, stream []byte) (msgs []hsMsg, sslv2 []byte)
 		hs = append(hs, stream[off+5:off+5+n]...)
 		off += 5 + n
 	}
-	return splitMessages(t, hs), sslv2
+	return splitHandshakeMsgs(t, hs), sslv2
 }
 
 // splitMessages splits concatenated handshake messages; a truncated last
 // message (the capture ended) is dropped.
-func splitMessages(t testing.TB, hs []byte) []hsMsg {
+func splitHandshakeMsgs(t testing.TB, hs []byte) []hsMsg {
 	var msgs []hsMsg
 	for len(hs) >= 4 {
 		n := int(hs[1])<<16 | int(hs[2])<<8 | int(hs[3])
@@ -87,7 +87,7 @@ func splitMessages(t testing.TB, hs []byte) []hsMsg {
 
 // captureStreams reads a capture of the shared set, skipping the test when
 // the set is not there.
-func captureStreams(t testing.TB, name string) []*pcaptest.Stream {
+func pcapStreams(t testing.TB, name string) []*pcaptest.Stream {
 	t.Helper()
 	p, err := pcaptest.Path(name)
 	if err != nil {
@@ -105,9 +105,9 @@ func captureStreams(t testing.TB, name string) []*pcaptest.Stream {
 
 // captureMessages returns the cleartext handshake messages of one
 // direction of one stream of a capture.
-func captureMessages(t testing.TB, name string, stream int, up bool) ([]hsMsg, []byte) {
+func pcapHandshakeMsgs(t testing.TB, name string, stream int, up bool) ([]hsMsg, []byte) {
 	t.Helper()
-	streams := captureStreams(t, name)
+	streams := pcapStreams(t, name)
 	if stream >= len(streams) {
 		t.Fatalf("%s has %d streams, want stream %d", name, len(streams), stream)
 	}
@@ -156,12 +156,12 @@ func writeRecording(t testing.TB, r recording, comment string) {
 
 func readRecording(t testing.TB, name string) recording {
 	t.Helper()
-	raw, err := os.ReadFile(recordingPath(name))
+	data, err := os.ReadFile(recordingPath(name))
 	if err != nil {
 		t.Fatalf("%v (regenerate with go test -run TestRecord -update ./dissect/)", err)
 	}
 	r := recording{name: name}
-	for i, line := range strings.Split(string(raw), "\n") {
+	for i, line := range strings.Split(string(data), "\n") {
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
@@ -170,7 +170,7 @@ func readRecording(t testing.TB, name string) recording {
 		if !ok || err != nil || len(b) < 4 {
 			t.Fatalf("%s:%d: bad line", recordingPath(name), i+1)
 		}
-		msgs := splitMessages(t, b)
+		msgs := splitHandshakeMsgs(t, b)
 		if len(msgs) != 1 {
 			t.Fatalf("%s:%d: want one handshake message", recordingPath(name), i+1)
 		}
@@ -184,4 +184,15 @@ func readRecording(t testing.TB, name string) recording {
 		}
 	}
 	return r
+}
+
+// recordedHandshakes returns every recording in testdata/handshakes.
+func recordedHandshakes(t testing.TB) []recording {
+	names, _ := filepath.Glob(filepath.Join("testdata", "handshakes", "*.hex"))
+	var out []recording
+	for _, n := range names {
+		base := filepath.Base(n)
+		out = append(out, readRecording(t, base[:len(base)-len(".hex")]))
+	}
+	return out
 }

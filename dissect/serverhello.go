@@ -111,39 +111,39 @@ func (m *ServerHello) Unmarshal(body []byte) error {
 	*m = ServerHello{Extensions: m.Extensions[:0], Anomalies: m.Anomalies[:0], Raw: body}
 	s := cryptobyte.String(body)
 	if !s.ReadUint16(&m.LegacyVersion) {
-		return malformed(MsgServerHello, "server_version")
+		return malformedMsg(MsgServerHello, "server_version")
 	}
 	if !s.ReadBytes(&m.Random, 32) {
-		return malformed(MsgServerHello, "random")
+		return malformedMsg(MsgServerHello, "random")
 	}
 	draftForm := isDraftServerHello(m.LegacyVersion)
 	if !draftForm {
 		var sid cryptobyte.String
 		if !s.ReadUint8LengthPrefixed(&sid) || len(sid) > maxSessionIDLen {
-			return malformed(MsgServerHello, "session_id")
+			return malformedMsg(MsgServerHello, "session_id")
 		}
 		m.SessionID = sid
 	}
 	if !s.ReadUint16(&m.CipherSuite) {
-		return malformed(MsgServerHello, "cipher_suite")
+		return malformedMsg(MsgServerHello, "cipher_suite")
 	}
 	if !draftForm && !s.ReadUint8(&m.CompressionMethod) {
-		return malformed(MsgServerHello, "compression_method")
+		return malformedMsg(MsgServerHello, "compression_method")
 	}
 	m.HelloRetryRequest = bytes.Equal(m.Random, helloRetryRequestRandom)
 	if s.Empty() {
 		if draftForm {
-			return malformed(MsgServerHello, "extensions")
+			return malformedMsg(MsgServerHello, "extensions")
 		}
 		return nil
 	}
 	m.HasExtensions = true
 	var ok bool
 	if m.Extensions, ok = readExtensions(&s, m.Extensions); !ok {
-		return malformed(MsgServerHello, "extensions")
+		return malformedMsg(MsgServerHello, "extensions")
 	}
 	if !s.Empty() {
-		return malformed(MsgServerHello, "message length (bytes after the extensions)")
+		return malformedMsg(MsgServerHello, "message length (bytes after the extensions)")
 	}
 	var seen extSeen
 	for i, e := range m.Extensions {
@@ -163,44 +163,44 @@ func (m *ServerHello) decodeExtension(e Extension) error {
 	switch e.Type {
 	case ExtSupportedVersions:
 		if !d.ReadUint16(&m.SupportedVersion) || !d.Empty() {
-			return malformed(MsgServerHello, "supported_versions extension")
+			return malformedMsg(MsgServerHello, "supported_versions extension")
 		}
 	case ExtALPN:
 		var list, proto cryptobyte.String
 		if !d.ReadUint16LengthPrefixed(&list) || !d.Empty() ||
 			!list.ReadUint8LengthPrefixed(&proto) || proto.Empty() || !list.Empty() {
-			return malformed(MsgServerHello, "application_layer_protocol_negotiation extension")
+			return malformedMsg(MsgServerHello, "application_layer_protocol_negotiation extension")
 		}
 		m.ALPN = proto
 	case ExtKeyShare:
 		if !d.ReadUint16(&m.KeyShareGroup) {
-			return malformed(MsgServerHello, "key_share extension")
+			return malformedMsg(MsgServerHello, "key_share extension")
 		}
 		if m.HelloRetryRequest {
 			if !d.Empty() {
-				return malformed(MsgServerHello, "key_share extension")
+				return malformedMsg(MsgServerHello, "key_share extension")
 			}
 			break
 		}
 		var key cryptobyte.String
 		if !d.ReadUint16LengthPrefixed(&key) || key.Empty() || !d.Empty() {
-			return malformed(MsgServerHello, "key_share extension")
+			return malformedMsg(MsgServerHello, "key_share extension")
 		}
 		m.KeyShareData = key
 	case ExtCookie:
 		var cookie cryptobyte.String
 		if !d.ReadUint16LengthPrefixed(&cookie) || cookie.Empty() || !d.Empty() {
-			return malformed(MsgServerHello, "cookie extension")
+			return malformedMsg(MsgServerHello, "cookie extension")
 		}
 		m.Cookie = cookie
 	case ExtHeartbeat:
 		if !d.ReadUint8(&m.HeartbeatMode) || !d.Empty() {
-			return malformed(MsgServerHello, "heartbeat extension")
+			return malformedMsg(MsgServerHello, "heartbeat extension")
 		}
 		m.Heartbeat = true
 	case ExtPreSharedKey:
 		if !d.ReadUint16(&m.SelectedIdentity) || !d.Empty() {
-			return malformed(MsgServerHello, "pre_shared_key extension")
+			return malformedMsg(MsgServerHello, "pre_shared_key extension")
 		}
 		m.PreSharedKey = true
 	case ExtExtendedMasterSecret:

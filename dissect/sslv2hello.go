@@ -37,23 +37,23 @@ func (h *ClientHello) UnmarshalSSLv2(body []byte) error {
 	s := cryptobyte.String(body)
 	var specLen, sidLen, chLen uint16
 	if !s.ReadUint16(&h.LegacyVersion) || !s.ReadUint16(&specLen) || !s.ReadUint16(&sidLen) || !s.ReadUint16(&chLen) {
-		return malformed(MsgClientHello, "SSLv2 CLIENT-HELLO header")
+		return malformedMsg(MsgClientHello, "SSLv2 CLIENT-HELLO header")
 	}
 	if specLen == 0 || specLen%3 != 0 {
-		return malformed(MsgClientHello, "SSLv2 cipher_spec_length")
+		return malformedMsg(MsgClientHello, "SSLv2 cipher_spec_length")
 	}
 	if sidLen != 0 && sidLen != sslv2SessionIDLen {
-		return malformed(MsgClientHello, "SSLv2 session_id_length")
+		return malformedMsg(MsgClientHello, "SSLv2 session_id_length")
 	}
 	if chLen < sslv2MinChallenge || chLen > sslv2MaxChallenge {
-		return malformed(MsgClientHello, "SSLv2 challenge_length")
+		return malformedMsg(MsgClientHello, "SSLv2 challenge_length")
 	}
 	var specs []byte
 	if !s.ReadBytes(&specs, int(specLen)) || !s.ReadBytes(&h.SessionID, int(sidLen)) || !s.ReadBytes(&h.Random, int(chLen)) {
-		return malformed(MsgClientHello, "SSLv2 CLIENT-HELLO lengths (longer than the message)")
+		return malformedMsg(MsgClientHello, "SSLv2 CLIENT-HELLO lengths (longer than the message)")
 	}
 	if !s.Empty() {
-		return malformed(MsgClientHello, "SSLv2 CLIENT-HELLO lengths (bytes after the challenge)")
+		return malformedMsg(MsgClientHello, "SSLv2 CLIENT-HELLO lengths (bytes after the challenge)")
 	}
 	for i := 0; i < len(specs); i += 3 {
 		spec := uint32(specs[i])<<16 | uint32(specs[i+1])<<8 | uint32(specs[i+2])

@@ -1,5 +1,7 @@
 package dissect
 
+import "strconv"
+
 // Protocol versions as they appear on the wire (record headers, hello
 // versions, supported_versions). The record layer and the message parsers
 // share these.
@@ -47,33 +49,20 @@ func VersionName(v uint16) string {
 // IsTLS13Draft reports whether v is the version number of a TLS 1.3 draft.
 func IsTLS13Draft(v uint16) bool { return v&0xff00 == draftVersionPrefix }
 
-const hexDigits = "0123456789abcdef"
+const lowerHex = "0123456789abcdef"
 
 // appendHex16 appends v as 4 lowercase hex digits.
 func appendHex16(dst []byte, v uint16) []byte {
-	return append(dst, hexDigits[v>>12], hexDigits[v>>8&0xf], hexDigits[v>>4&0xf], hexDigits[v&0xf])
+	return append(dst, lowerHex[v>>12], lowerHex[v>>8&0xf], lowerHex[v>>4&0xf], lowerHex[v&0xf])
 }
 
 // appendHexBytes appends b as lowercase hex.
 func appendHexBytes(dst []byte, b []byte) []byte {
 	for _, c := range b {
-		dst = append(dst, hexDigits[c>>4], hexDigits[c&0xf])
+		dst = append(dst, lowerHex[c>>4], lowerHex[c&0xf])
 	}
 	return dst
 }
 
-// appendDecimal appends v in decimal; strconv.AppendUint without the
-// import, kept here because the fingerprints call it in their hot loop.
-func appendDecimal(dst []byte, v uint64) []byte {
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			break
-		}
-	}
-	return append(dst, b[i:]...)
-}
+// appendDecimal appends v in decimal.
+func appendDecimal(dst []byte, v uint64) []byte { return strconv.AppendUint(dst, v, 10) }
