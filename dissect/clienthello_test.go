@@ -14,6 +14,7 @@ func TestVersionName(t *testing.T) {
 		0x0002: "SSL2.0", 0x0300: "SSL3.0", 0x0301: "TLS1.0", 0x0302: "TLS1.1",
 		0x0303: "TLS1.2", 0x0304: "TLS1.3", 0x7f0e: "TLS1.3-draft-14", 0x7f1c: "TLS1.3-draft-28",
 		0x0000: "0x0000", 0xfefd: "0xfefd", 0x0305: "0x0305",
+		0x0200: "SSL2.0", 0x0a0a: "GREASE", 0xfafa: "GREASE", 0x0a1a: "0x0a1a",
 	} {
 		if got := VersionName(v); got != want {
 			t.Errorf("VersionName(%#04x) = %q, want %q", v, got, want)

@@ -1,10 +1,7 @@
 package dissect
 
 import (
-	"bytes"
 	"fmt"
-
-	"golang.org/x/crypto/cryptobyte"
 )
 
 // Conn is the record layer of one connection: a Framer and a handshake
@@ -42,6 +39,10 @@ type Conn struct {
 	// tls13 is set once a ServerHello or HelloRetryRequest selects TLS 1.3:
 	// ChangeCipherSpec is then a compatibility no-op.
 	tls13 bool
+	// serverHelloMsg is the last ServerHello parsed, kept so that the
+	// machine does not parse it twice (see ServerHello).
+	serverHelloMsg ServerHello
+	serverHelloErr error
 }
 
 type connHalf struct {
@@ -200,11 +201,12 @@ const rlServerHello = 2 // server_hello
 // serverHello learns the negotiated version from a ServerHello and switches
 // both directions when it selects TLS 1.3.
 func (c *Conn) serverHello(down *connHalf, body []byte) {
-	v, retry, ok := peekServerHello(body)
-	if !ok {
-		return // the message parser reports what is wrong with it
+	c.serverHelloErr = c.serverHelloMsg.Unmarshal(body)
+	if c.serverHelloErr != nil {
+		return // the state machine reports what is wrong with it
 	}
-	if retry {
+	v := c.serverHelloMsg.Version()
+	if c.serverHelloMsg.HelloRetryRequest {
 		// A HelloRetryRequest only exists in TLS 1.3; the client answers
 		// with a second ClientHello in cleartext.
 		c.tls13 = c.tls13 || versionIsTLS13(v)
@@ -259,6 +261,14 @@ func (c *Conn) Incomplete(dir Direction) (start int64, incomplete bool) {
 // Encrypted reports whether dir has switched to encrypted records.
 func (c *Conn) Encrypted(dir Direction) bool { return c.dirs[dir&1].encrypted }
 
+// ServerHello returns the ServerHello that the last down UnitMessage of
+// type server_hello carried, parsed, or the error that parsing it gave. It
+// references the caller's buffer like the unit did, and is valid until the
+// next call of Next on the down direction.
+func (c *Conn) ServerHello() (*ServerHello, error) {
+	return &c.serverHelloMsg, c.serverHelloErr
+}
+
 // Version returns the version the ServerHello selected (its
 // supported_versions extension when present), or 0 before one was seen.
 func (c *Conn) Version() uint16 { return c.version }
@@ -294,56 +304,4 @@ func (c *Conn) EOF(dir Direction, rest []byte) []Anomaly {
 		add(AnomalyHandshakeLengthMismatch, fmt.Sprintf("stream ended %d bytes into a handshake message of %s", seen, declaredString(declared)))
 	}
 	return out
-}
-
-// rlHelloRetryRandom is the ServerHello.random of a HelloRetryRequest
-// (RFC 8446, section 4.1.3): SHA-256 of "HelloRetryRequest".
-var rlHelloRetryRandom = []byte{
-	0xcf, 0x21, 0xad, 0x74, 0xe5, 0x9a, 0x61, 0x11, 0xbe, 0x1d, 0x8c, 0x02, 0x1e, 0x65, 0xb8, 0x91,
-	0xc2, 0xa2, 0x11, 0x16, 0x7a, 0xbb, 0x8c, 0x5e, 0x07, 0x9e, 0x09, 0xe2, 0xc8, 0xa8, 0x33, 0x9c,
-}
-
-const rlExtSupportedVersions = 43
-
-// peekServerHello reads the negotiated version of a ServerHello body: the
-// supported_versions extension when present, legacy_version otherwise. It
-// is the least the record layer needs; the full ServerHello parser is
-// elsewhere.
-func peekServerHello(body []byte) (version uint16, retry, ok bool) {
-	s := cryptobyte.String(body)
-	var random []byte
-	if !s.ReadUint16(&version) || !s.ReadBytes(&random, 32) {
-		return 0, false, false
-	}
-	if versionIsTLS13(version) {
-		// The drafts before 22 put the version here and have no
-		// session id or compression.
-		return version, false, true
-	}
-	retry = bytes.Equal(random, rlHelloRetryRandom)
-	var sessionID, exts cryptobyte.String
-	var cipher uint16
-	var compression uint8
-	if !s.ReadUint8LengthPrefixed(&sessionID) || !s.ReadUint16(&cipher) || !s.ReadUint8(&compression) {
-		return 0, false, false
-	}
-	if s.Empty() {
-		return version, retry, true // no extensions (SSL 3.0, old TLS)
-	}
-	if !s.ReadUint16LengthPrefixed(&exts) || !s.Empty() {
-		return 0, false, false
-	}
-	for !exts.Empty() {
-		var typ uint16
-		var data cryptobyte.String
-		if !exts.ReadUint16(&typ) || !exts.ReadUint16LengthPrefixed(&data) {
-			return 0, false, false
-		}
-		if typ == rlExtSupportedVersions {
-			if !data.ReadUint16(&version) || !data.Empty() {
-				return 0, false, false
-			}
-		}
-	}
-	return version, retry, true
 }

@@ -118,7 +118,7 @@ func FuzzFramer(f *testing.F) {
 func recFuzzSeeds(f *testing.F) [][]byte {
 	seeds := [][]byte{
 		slices.Concat(recCH, recCCS, recRecord(TypeHeartbeat, VersionTLS12, recHeartbeat(1, 16365, 16, 0))),
-		slices.Concat(recRecord(TypeHandshake, VersionTLS12, recServerHello(VersionTLS12, rlHelloRetryRandom, VersionTLS13)), recCCS,
+		slices.Concat(recRecord(TypeHandshake, VersionTLS12, recServerHello(VersionTLS12, helloRetryRequestRandom, VersionTLS13)), recCCS,
 			recRecord(TypeHandshake, VersionTLS12, recServerHello(VersionTLS12, recRandom, VersionTLS13)), recAppData, recEncAlert),
 		slices.Concat(recSSLv2Record(recSSLv2ClientHello(VersionTLS10), -1), recRecord(TypeHandshake, VersionTLS10, recMsg(16, recBytes(70, 1)))),
 		slices.Concat(recRecord(TypeHandshake, VersionTLS12, recMsg(11, recBytes(3000, 1))[:1000]), recRecord(TypeAlert, VersionTLS12, []byte{2, 40, 1})),

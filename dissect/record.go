@@ -39,46 +39,6 @@ func (t ContentType) String() string {
 // Known reports whether t is one of the five content types.
 func (t ContentType) Known() bool { return t >= TypeChangeCipherSpec && t <= TypeHeartbeat }
 
-// Protocol versions as they appear on the wire. VersionSSL20 is the value
-// an SSLv2 CLIENT-HELLO carries in its version field.
-const (
-	VersionSSL20 uint16 = 0x0002
-	VersionSSL30 uint16 = 0x0300
-	VersionTLS10 uint16 = 0x0301
-	VersionTLS11 uint16 = 0x0302
-	VersionTLS12 uint16 = 0x0303
-	VersionTLS13 uint16 = 0x0304
-)
-
-// VersionName returns the name of a protocol version as rules see it:
-// "SSL2.0", "SSL3.0", "TLS1.0" … "TLS1.3"; "TLS1.3-draftN" for the draft
-// versions 0x7fNN, "GREASE" for the reserved values of RFC 8701 and
-// "0xNNNN" for anything else.
-func VersionName(v uint16) string {
-	switch v {
-	case VersionSSL20, 0x0200:
-		// 0x0200 is how some stacks write SSLv2 in an SSLv3-style field.
-		return "SSL2.0"
-	case VersionSSL30:
-		return "SSL3.0"
-	case VersionTLS10:
-		return "TLS1.0"
-	case VersionTLS11:
-		return "TLS1.1"
-	case VersionTLS12:
-		return "TLS1.2"
-	case VersionTLS13:
-		return "TLS1.3"
-	}
-	if v&0xff00 == 0x7f00 {
-		return "TLS1.3-draft" + strconv.Itoa(int(v&0xff))
-	}
-	if v&0x0f0f == 0x0a0a && v>>8 == v&0xff {
-		return "GREASE"
-	}
-	return fmt.Sprintf("0x%04x", v)
-}
-
 // versionIsTLS13 reports whether a negotiated version is TLS 1.3 or one of its
 // drafts, which all encrypt everything after the ServerHello.
 func versionIsTLS13(v uint16) bool { return v == VersionTLS13 || v&0xff00 == 0x7f00 }

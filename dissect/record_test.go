@@ -41,18 +41,6 @@ func TestContentTypeNames(t *testing.T) {
 	}
 }
 
-func TestVersionName(t *testing.T) {
-	for v, name := range map[uint16]string{
-		0x0002: "SSL2.0", 0x0200: "SSL2.0", 0x0300: "SSL3.0", 0x0301: "TLS1.0", 0x0302: "TLS1.1",
-		0x0303: "TLS1.2", 0x0304: "TLS1.3", 0x7f0e: "TLS1.3-draft14", 0x7f17: "TLS1.3-draft23",
-		0x0a0a: "GREASE", 0xfafa: "GREASE", 0x0a1a: "0x0a1a", 0x0000: "0x0000", 0xfeff: "0xfeff",
-	} {
-		if got := VersionName(v); got != name {
-			t.Errorf("VersionName(%#04x) = %q, want %q", v, got, name)
-		}
-	}
-}
-
 func TestCheckHeader(t *testing.T) {
 	tests := []struct {
 		name    string

@@ -20,11 +20,13 @@ const draftVersionPrefix = 0x7f00
 
 // VersionName returns the name rules and logs use for a protocol version:
 // "SSL2.0", "SSL3.0", "TLS1.0" … "TLS1.3", "TLS1.3-draft-N" for the drafts
-// (0x7fNN), and "0x%04x" for anything else. It allocates only for drafts
+// (0x7fNN), "GREASE" for the reserved values of RFC 8701 and "0x%04x" for
+// anything else. It allocates only for drafts
 // and unknown values.
 func VersionName(v uint16) string {
 	switch v {
-	case VersionSSL20:
+	case VersionSSL20, 0x0200:
+		// 0x0200 is how some stacks write SSLv2 in an SSLv3-style field.
 		return "SSL2.0"
 	case VersionSSL30:
 		return "SSL3.0"
@@ -41,6 +43,10 @@ func VersionName(v uint16) string {
 		var b [20]byte
 		n := copy(b[:], "TLS1.3-draft-")
 		return string(appendDecimal(b[:n], uint64(v&0xff)))
+	}
+	if v&0x0f0f == 0x0a0a && v>>8 == v&0xff {
+		// The reserved values of RFC 8701.
+		return "GREASE"
 	}
 	var b [6]byte
 	return string(appendHex16(append(b[:0], '0', 'x'), v))
