@@ -98,10 +98,25 @@ const (
 	pcapRecordHeader = 16
 )
 
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
 // openCapture recognises a capture by its magic number (not its name):
 // gzip-compressed or not, pcap or pcapng.
 func openCapture(r io.Reader) (*source, error) {
-	br := bufio.NewReaderSize(r, readBufferSize)
+	// total counts what the buffer has taken from the file, which is all
+	// of it once the reader has met the end.
+	total := &countingReader{r: r}
+	br := bufio.NewReaderSize(total, readBufferSize)
 	stop := func() {}
 	head, err := br.Peek(4)
 	if len(head) >= 2 && bytes.Equal(head[:2], magicGzip) {
@@ -111,7 +126,8 @@ func openCapture(r io.Reader) (*source, error) {
 		}
 		var pr io.Reader
 		pr, stop = inflate(zr)
-		br = bufio.NewReaderSize(pr, readBufferSize)
+		total = &countingReader{r: pr}
+		br = bufio.NewReaderSize(total, readBufferSize)
 		head, err = br.Peek(4)
 		if len(head) < 4 {
 			stop()
@@ -155,8 +171,13 @@ func openCapture(r io.Reader) (*source, error) {
 		return &source{
 			next: func() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
 				data, ci, err := pr.ZeroCopyReadPacketData()
-				if err == nil {
+				switch {
+				case err == nil:
 					off += pcapRecordHeader + int64(ci.CaptureLength)
+				case err == io.EOF && off != total.n:
+					// pcapgo reports a record cut right after
+					// its header as a clean end.
+					err = io.ErrUnexpectedEOF
 				}
 				return data, ci, link, err
 			},
