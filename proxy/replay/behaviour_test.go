@@ -237,7 +237,7 @@ func TestDamagedSharedCapture(t *testing.T) {
 	}
 }
 
-func gzipped(t *testing.T, b []byte) []byte {
+func gzipped(t testing.TB, b []byte) []byte {
 	var z bytes.Buffer
 	zw := gzip.NewWriter(&z)
 	if _, err := zw.Write(b); err != nil {
@@ -300,7 +300,7 @@ func TestGzip(t *testing.T) {
 
 // ngCapture writes a pcapng with two interfaces of different link types,
 // Ethernet and raw IP, carrying one session each, interleaved.
-func ngCapture(t *testing.T) []byte {
+func ngCapture(t testing.TB) []byte {
 	t.Helper()
 	a := newSession(encEthernet, ap("10.0.0.1:40000"), ap("10.0.0.2:443"), t0).handshake().
 		send(0, payloadOf(3000, 1)).send(1, payloadOf(5000, 2)).close()
@@ -1030,5 +1030,45 @@ func TestFlowIDsAcrossCaptures(t *testing.T) {
 	}
 	if !slices.Equal(ids, []uint64{1, 2, 3, 4, 5}) {
 		t.Fatalf("ids %v", ids)
+	}
+}
+
+// TestIPFragments: a segment whose datagram was fragmented (IPv4 and
+// IPv6), the fragments out of order and one repeated, is rebuilt.
+func TestIPFragments(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		client, server := ap("192.0.2.1:51000"), ap("198.51.100.7:443")
+		if v6 {
+			client, server = ap("[2001:db8:1::1]:51000"), ap("[2001:db8:2::7]:443")
+		}
+		s := newSession(encEthernet, client, server, t0).handshake()
+		s.mss = 3000
+		s.send(0, payloadOf(3000, 1)).send(1, payloadOf(500, 2)).close()
+		var pkts []pkt
+		fragments := 0
+		for _, p := range s.pkts {
+			if len(p.seg.payload) != 3000 {
+				pkts = append(pkts, p)
+				continue
+			}
+			fr := encEthernet.fragmentFrames(p.seg, 1000, 77)
+			order := []int{2, 0, 1, 0, 3}
+			for _, i := range order {
+				pkts = append(pkts, pkt{ts: p.ts, data: fr[i]})
+			}
+			fragments += len(order)
+		}
+		rec := &recorder{keep: -1}
+		streams, lines, st, err := replayBytes(t, pcapBytes(t, layers.LinkTypeEthernet, pkts), Options{Factory: rec})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkInvariants(t, streams, lines)
+		if st.Fragments != int64(fragments) || st.Defragmented != 1 || st.Malformed != 0 {
+			t.Fatalf("v6 %v: stats %+v", v6, st)
+		}
+		if !bytes.Equal(rec.conns[0].seen[dissect.Up], payloadOf(3000, 1)) || streams[0].Forwarded != [2]int64{3000, 500} {
+			t.Fatalf("v6 %v: forwarded %v", v6, streams[0].Forwarded)
+		}
 	}
 }

@@ -16,8 +16,8 @@
 // tags), Linux cooked (SLL and SLL2), raw IP (LINKTYPE_RAW, DLT_RAW 12/14,
 // LINKTYPE_IPV4/IPV6) and BSD loopback (DLT_NULL, DLT_LOOP). A pcapng may
 // mix interfaces of different link types. Frames of another link type are
-// skipped and reported as a *LinkTypeError. IP fragments are counted and
-// skipped, not reassembled. A file that cannot be read to its end gives a
+// skipped and reported as a *LinkTypeError. IPv4 and IPv6 fragments are
+// reassembled (gopacket's ip4defrag and ip6defrag). A file that cannot be read to its end gives a
 // *DamagedError after everything before the damage has been replayed.
 //
 // # Streams

@@ -112,8 +112,9 @@ type Stats struct {
 	TCP int64
 	// NotTCP counts frames without TCP (ARP, UDP, ...).
 	NotTCP int64
-	// Fragments counts IP fragments; they are not reassembled.
-	Fragments int64
+	// Fragments counts IP fragments, Defragmented the datagrams rebuilt
+	// from them (a datagram whose fragments did not all come is lost).
+	Fragments, Defragmented int64
 	// Malformed counts frames whose headers do not parse.
 	Malformed int64
 	// Unsupported counts frames of an unsupported link type.
@@ -123,6 +124,10 @@ type Stats struct {
 	// Gaps and GapBytes count holes in the TCP streams.
 	Gaps, GapBytes int64
 }
+
+// ErrOutput wraps the error of writing a connection line: the replay stops
+// at once, since nothing it produces could be seen.
+var ErrOutput = errors.New("writing output")
 
 // Replayer plays captures through inspectors. Flow IDs go on from one
 // capture to the next; streams do not (each capture ends its own).
@@ -152,7 +157,7 @@ func New(opts Options) (*Replayer, error) {
 // ReplayFile replays the capture at path. Its error is a *DamagedError
 // when the file could not be read to its end (the part before the damage
 // has been replayed and reported), a *LinkTypeError (joined) for frames of
-// a link type it cannot decode, or the error of writing output.
+// a link type it cannot decode, or ErrOutput.
 func (r *Replayer) ReplayFile(path string) (Stats, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -190,8 +195,9 @@ func (r *Replayer) Replay(rd io.Reader) (Stats, error) {
 	if ru.werr == nil {
 		ru.end()
 	}
+	ru.stats.Fragments, ru.stats.Defragmented = ru.dec.fragments, ru.dec.defragmented
 	if ru.werr != nil {
-		return ru.stats, fmt.Errorf("writing output: %w", ru.werr)
+		return ru.stats, fmt.Errorf("%w: %w", ErrOutput, ru.werr)
 	}
 	errs := []error{readErr}
 	for _, e := range ru.linkErrs {

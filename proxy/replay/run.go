@@ -127,12 +127,11 @@ func (ru *run) packet(data []byte, ci gopacket.CaptureInfo, link layers.LinkType
 		ru.unsupported(link)
 		return
 	}
-	switch ru.dec.decode(data, first) {
+	switch ru.dec.decode(data, first, ci.Timestamp) {
 	case notTCP:
 		ru.stats.NotTCP++
 		return
 	case fragment:
-		ru.stats.Fragments++
 		return
 	case malformed:
 		ru.stats.Malformed++
@@ -196,6 +195,7 @@ func (ru *run) packet(data []byte, ci gopacket.CaptureInfo, link layers.LinkType
 // streams.
 func (ru *run) sweep(now time.Time) {
 	ru.nextSweep = now.Add(sweepInterval)
+	ru.dec.expireFragments(now)
 	ru.flush(reassembly.FlushOptions{T: now.Add(-ru.r.opts.ReorderWindow)}, func(*stream) time.Time { return now })
 	if ru.werr != nil || ru.r.opts.IdleTimeout < 0 {
 		return

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -254,3 +255,49 @@ func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
 // t0 is the start of the synthetic captures.
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// fragmentFrames frames seg and cuts its IP datagram into fragments of
+// unit bytes of payload (a multiple of 8), in order.
+func (e encap) fragmentFrames(seg segment, unit int, id uint32) [][]byte {
+	v6 := seg.src.Addr().Is6() && !seg.src.Addr().Is4In6()
+	full := e.frame(nil, seg)
+	link := e.linkHeader(nil, v6)
+	ip := full[len(link):]
+	hlen := 20
+	if v6 {
+		hlen = 40
+	}
+	hdr, payload := ip[:hlen], ip[hlen:]
+	var frames [][]byte
+	for off := 0; off < len(payload); off += unit {
+		piece := payload[off:min(off+unit, len(payload))]
+		more := off+unit < len(payload)
+		b := slices.Clone(link)
+		h := slices.Clone(hdr)
+		if v6 {
+			h[6] = 44 // a fragment header follows
+			binary.BigEndian.PutUint16(h[4:], uint16(8+len(piece)))
+			b = append(b, h...)
+			fo := uint16(off/8) << 3
+			if more {
+				fo |= 1
+			}
+			b = append(b, byte(layers.IPProtocolTCP), 0)
+			b = binary.BigEndian.AppendUint16(b, fo)
+			b = binary.BigEndian.AppendUint32(b, id)
+		} else {
+			binary.BigEndian.PutUint16(h[2:], uint16(20+len(piece)))
+			binary.BigEndian.PutUint16(h[4:], uint16(id))
+			fo := uint16(off / 8)
+			if more {
+				fo |= 0x2000
+			}
+			binary.BigEndian.PutUint16(h[6:], fo)
+			h[10], h[11] = 0, 0
+			binary.BigEndian.PutUint16(h[10:], ^checksum(0, h))
+			b = append(b, h...)
+		}
+		frames = append(frames, append(b, piece...))
+	}
+	return frames
+}

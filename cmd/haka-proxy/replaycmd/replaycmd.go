@@ -157,14 +157,11 @@ func flatten(err error) []error {
 // notes reports frames the replay could not use, which may explain a
 // missing connection, and with --stats what the capture held.
 func notes(stderr io.Writer, name string, st replay.Stats, all bool) {
-	if st.Fragments > 0 {
-		fmt.Fprintf(stderr, "replay: %s: %d IP fragments skipped (not reassembled)\n", name, st.Fragments)
-	}
 	if st.Malformed > 0 {
 		fmt.Fprintf(stderr, "replay: %s: %d frames with malformed headers skipped\n", name, st.Malformed)
 	}
 	if all {
-		fmt.Fprintf(stderr, "replay: %s: %d packets (%d bytes), %d TCP segments in %d streams, %d gaps (%d bytes), %d other frames\n",
-			name, st.Packets, st.Bytes, st.TCP, st.Streams, st.Gaps, st.GapBytes, st.NotTCP)
+		fmt.Fprintf(stderr, "replay: %s: %d packets (%d bytes), %d TCP segments in %d streams, %d gaps (%d bytes), %d IP fragments (%d datagrams rebuilt), %d other frames\n",
+			name, st.Packets, st.Bytes, st.TCP, st.Streams, st.Gaps, st.GapBytes, st.Fragments, st.Defragmented, st.NotTCP)
 	}
 }
