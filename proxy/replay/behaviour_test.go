@@ -436,8 +436,8 @@ func TestUnsupportedLinkType(t *testing.T) {
 	s := newSession(encEthernet, ap("10.0.0.1:40000"), ap("10.0.0.2:443"), t0).handshake().send(0, payloadOf(10, 1))
 	_, _, st, err := replayBytes(t, pcapBytes(t, layers.LinkTypeIEEE802_11, s.pkts), Options{Factory: inspect.PassThrough{}})
 	var lte *LinkTypeError
-	if !errors.As(err, &lte) || lte.LinkType != layers.LinkTypeIEEE802_11 || lte.Packets != int64(len(s.pkts)) ||
-		!strings.Contains(err.Error(), "link type 105") || st.Streams != 0 {
+	if !errors.As(err, &lte) || lte.LinkType != layers.LinkTypeIEEE802_11 || lte.Packets != 0 ||
+		!strings.Contains(err.Error(), "link type 105") || st.Packets != 0 {
 		t.Fatalf("err = %v, stats %+v", err, st)
 	}
 
@@ -459,7 +459,8 @@ func TestUnsupportedLinkType(t *testing.T) {
 	}
 	w.Flush()
 	streams, _, _, err := replayBytes(t, buf.Bytes(), Options{Factory: inspect.PassThrough{}})
-	if !errors.As(err, &lte) || lte.LinkType != layers.LinkTypeLinuxUSB || len(streams) != 1 || streams[0].Forwarded[dissect.Up] != 10 {
+	if !errors.As(err, &lte) || lte.LinkType != layers.LinkTypeLinuxUSB || lte.Packets != int64(len(s.pkts)) ||
+		len(streams) != 1 || streams[0].Forwarded[dissect.Up] != 10 || !strings.Contains(err.Error(), "packets skipped") {
 		t.Fatalf("err = %v, streams %+v", err, streams)
 	}
 }
@@ -1070,5 +1071,18 @@ func TestIPFragments(t *testing.T) {
 		if !bytes.Equal(rec.conns[0].seen[dissect.Up], payloadOf(3000, 1)) || streams[0].Forwarded != [2]int64{3000, 500} {
 			t.Fatalf("v6 %v: forwarded %v", v6, streams[0].Forwarded)
 		}
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("broken pipe") }
+
+// TestOutputError: when the lines cannot be written the replay stops.
+func TestOutputError(t *testing.T) {
+	r, _ := New(Options{Factory: inspect.PassThrough{}, Output: output.NewWriter(failingWriter{}, output.JSON)})
+	st, err := r.ReplayFile(sharedCapture(t, "suricata-verify/ssl_version_negated/input.pcap"))
+	if !errors.Is(err, ErrOutput) || !strings.Contains(err.Error(), "broken pipe") || st.Packets >= 114 {
+		t.Fatalf("err = %v after %d packets", err, st.Packets)
 	}
 }

@@ -89,6 +89,10 @@ type source struct {
 	// file, or -1 where the format does not let it be known cheaply.
 	offset func() int64
 	close  func()
+	// fixed: every frame has link type link (pcap); a pcapng gives one
+	// per interface.
+	fixed bool
+	link  layers.LinkType
 }
 
 // pcapFileHeader and pcapRecordHeader are the sizes of the classic pcap
@@ -183,6 +187,8 @@ func openCapture(r io.Reader) (*source, error) {
 			},
 			offset: func() int64 { return off },
 			close:  stop,
+			fixed:  true,
+			link:   link,
 		}, nil
 	}
 	stop()

@@ -156,8 +156,10 @@ func New(opts Options) (*Replayer, error) {
 
 // ReplayFile replays the capture at path. Its error is a *DamagedError
 // when the file could not be read to its end (the part before the damage
-// has been replayed and reported), a *LinkTypeError (joined) for frames of
-// a link type it cannot decode, or ErrOutput.
+// has been replayed and reported), a *LinkTypeError for a pcap file of a
+// link type it cannot decode (nothing is replayed) or, joined, for the
+// pcapng interfaces of such a link type (the others are replayed), or
+// ErrOutput.
 func (r *Replayer) ReplayFile(path string) (Stats, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -175,6 +177,11 @@ func (r *Replayer) Replay(rd io.Reader) (Stats, error) {
 		return Stats{}, err
 	}
 	defer src.close()
+	if src.fixed {
+		if _, ok := firstLayer(src.link); !ok {
+			return Stats{}, &LinkTypeError{LinkType: src.link}
+		}
+	}
 	ru := newRun(r)
 	var readErr error
 	for {
