@@ -200,7 +200,7 @@ func (s *stream) Accept(tcp *layers.TCP, _ gopacket.CaptureInfo, dir reassembly.
 	if (dir == reassembly.TCPDirServerToClient) != (s.ru.curSide == 1) {
 		return false
 	}
-	if tcp.SYN && !tcp.ACK || tcp.SYN && tcp.ACK {
+	if tcp.SYN {
 		side := s.ru.curSide
 		if !s.synSeen[side] {
 			s.synSeen[side], s.synSeq[side] = true, tcp.Seq

@@ -157,6 +157,9 @@ func flatten(err error) []error {
 // notes reports frames the replay could not use, which may explain a
 // missing connection, and with --stats what the capture held.
 func notes(stderr io.Writer, name string, st replay.Stats, all bool) {
+	if st.Gaps > 0 {
+		fmt.Fprintf(stderr, "replay: %s: %d gaps in TCP streams (%d bytes missing from the capture)\n", name, st.Gaps, st.GapBytes)
+	}
 	if st.Malformed > 0 {
 		fmt.Fprintf(stderr, "replay: %s: %d frames with malformed headers skipped\n", name, st.Malformed)
 	}
