@@ -1,8 +1,3 @@
-// Package tlssm is the TLS state machine: a definition written with the
-// generic engine of package sm whose states are bound to the grammar
-// elements of package dissect, one per direction. It raises the events of
-// the "tls" dissector, which the rules hook, and decides which bytes of each
-// direction may be forwarded before they are judged.
 package tlssm
 
 // EventID names an event of the tls dissector. The numbering is internal;
