@@ -38,8 +38,9 @@ type pump struct {
 	bypassed bool
 	now      time.Time
 	errs     []string
-	// last is the last event that concerned bytes (heldChecker sets it):
-	// a killing decision must leave them unforwarded.
+	// last is the last event of the current call that concerned bytes
+	// (heldChecker sets it): a killing decision must leave them
+	// unforwarded.
 	last *eventAt
 }
 
@@ -81,6 +82,7 @@ func (p *pump) read(d dissect.Direction, b []byte, at time.Time) {
 		return
 	}
 	p.pending[d] = append(p.pending[d], b...)
+	p.last = nil
 	p.apply(d, p.s.Feed(d, p.pending[d], p.now), false)
 }
 
@@ -118,6 +120,7 @@ func (p *pump) finish() {
 		if p.killed || p.bypassed {
 			break
 		}
+		p.last = nil
 		p.apply(d, p.s.EOF(d, p.pending[d], p.now), true)
 		p.pending[d] = nil
 	}

@@ -38,6 +38,8 @@ type runOpts struct {
 	hook    func(EventID) bool
 	machine MachineOptions
 	split   func(int) []int
+	// started, if set, is given the result before the first byte.
+	started func(*result)
 }
 
 // runConv plays c through a Session whose recorder hooks every event but
@@ -63,6 +65,9 @@ func runConv(t *testing.T, c *conv, o runOpts) *result {
 	res.p = p
 	if dec.Verdict.Kills() {
 		p.decision, p.killed = dec, true
+	}
+	if o.started != nil {
+		o.started(res)
 	}
 	for _, r := range streamReadsOf(c.reads, o.split) {
 		p.read(r.dir, r.data, r.at)
