@@ -120,8 +120,26 @@ func sortedNonGREASE(scratch []uint16, vs []uint16, skipSNIALPN bool) []uint16 {
 		}
 		out = append(out, v)
 	}
-	slices.Sort(out)
+	sortSmall(out)
 	return out
+}
+
+// sortSmall sorts in place. The lists of a hello are a few dozen values:
+// insertion sort beats the general pdqsort there, and slices.Sort takes the
+// rare long list.
+func sortSmall(vs []uint16) {
+	if len(vs) > 2*ja4Sorted {
+		slices.Sort(vs)
+		return
+	}
+	for i := 1; i < len(vs); i++ {
+		v := vs[i]
+		j := i
+		for ; j > 0 && vs[j-1] > v; j-- {
+			vs[j] = vs[j-1]
+		}
+		vs[j] = v
+	}
 }
 
 func appendHexList(dst []byte, vs []uint16) []byte {
