@@ -17,6 +17,11 @@ import (
 //	c: the same over the extensions, sorted, without server_name (0000)
 //	   and ALPN (0010), then "_" and the signature algorithms in wire order
 //
+// The protocol is always "t": the reference implementation prints "q" for
+// a hello that carries quic_transport_parameters, but every hello this
+// package sees came over TCP. "d" means the server_name extension is
+// present, whatever it holds (an IP literal included), as in the reference.
+//
 // GREASE values are left out everywhere. b and c are "000000000000" when
 // their list is empty. The version is the highest of supported_versions,
 // else the hello's version; an SSLv2-format hello is fingerprinted from its
