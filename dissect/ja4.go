@@ -30,8 +30,9 @@ import (
 // ja4HashLen is the number of hex digits of a JA4 hash part.
 const ja4HashLen = 12
 
-// ja4Sorted is the number of values sorted on the stack; longer lists (no
-// real client sends 64 ciphers) go to the heap.
+// ja4Sorted is the number of values sorted on the stack: browsers offer
+// about 16 ciphers and extensions, old OpenSSL clients up to 80 ciphers,
+// which spill to the heap.
 const ja4Sorted = 64
 
 // ja4Version maps a version to its 2-character JA4 form.
