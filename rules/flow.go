@@ -1,7 +1,9 @@
 package rules
 
 import (
+	"context"
 	"net/netip"
+	"strings"
 	"time"
 
 	lua "github.com/yuin/gopher-lua"
@@ -166,7 +168,7 @@ func (st *state) eval(f *Flow, ev Event, build func(*lua.LState) lua.LValue) []*
 		L.Push(f.ud)
 		L.Push(param)
 		if err := L.PCall(2, 0, nil); err != nil {
-			overran := st.ctx.Err() != nil
+			overran := st.overran(err)
 			st.failed(f, err, overran)
 			if overran {
 				break
@@ -180,6 +182,13 @@ func (st *state) eval(f *Flow, ev Event, build func(*lua.LState) lua.LValue) []*
 	alerts := st.alerts
 	st.alerts = nil
 	return alerts
+}
+
+// overran tells a deadline stop from an error a rule raised by itself
+// (possibly after the deadline passed, in a Go function that cannot be
+// interrupted).
+func (st *state) overran(err error) bool {
+	return st.ctx.Err() != nil && strings.Contains(luaErrorMessage(err), context.DeadlineExceeded.Error())
 }
 
 // endEval clears the evaluation context and unlocks; deferred, so that a

@@ -3,6 +3,7 @@ package rules
 import (
 	"strconv"
 	"strings"
+	"unsafe"
 
 	lua "github.com/yuin/gopher-lua"
 	"github.com/yuin/gopher-lua/pm"
@@ -18,11 +19,15 @@ const (
 	// of helpers deep; 200 frames is far beyond need.
 	callStackSize = 200
 	// registrySize is the initial value stack of a state (16 bytes a
-	// slot); registryMaxSize caps its growth at 1 MiB, enough for the
-	// deepest call stack with every frame using its 250 registers.
-	registrySize     = 4096
+	// slot, 256 KiB); registryMaxSize caps its growth at 1 MiB, enough
+	// for the deepest call stack with every frame using its 250
+	// registers. gopher-lua copies the whole stack each time it grows,
+	// so it grows in large steps: in small ones, a call that pushes
+	// values up to the cap (unpack(t, 1, 1e8)) would copy it hundreds of
+	// times.
+	registrySize     = 1 << 14
 	registryMaxSize  = 1 << 16
-	registryGrowStep = 512
+	registryGrowStep = 1 << 14
 	// maxStringBytes caps the result of one call of string.rep, gsub,
 	// format and table.concat: 64 times the largest TLS record, far more
 	// than a rule ever builds, and small enough that a bomb such as
@@ -38,6 +43,9 @@ const (
 	// single assignment allocates 1 GiB. Keys above it go to the hash
 	// part, so only sequences longer than a million elements lose `#`.
 	maxArrayIndex = 1 << 20
+	// gsubChunk is how many matches string.gsub asks the pattern matcher
+	// for at a time.
+	gsubChunk = 256
 )
 
 func init() {
@@ -203,10 +211,6 @@ func strGsub(L *lua.LState) int {
 			return 2
 		}
 	}
-	matches, err := pm.Find(pat, []byte(src), 0, limit)
-	if err != nil {
-		L.RaiseError("string.gsub: %s", err.Error())
-	}
 	var b strings.Builder
 	last := 0
 	add := func(s string) {
@@ -215,30 +219,60 @@ func strGsub(L *lua.LState) int {
 		}
 		b.WriteString(s)
 	}
-	for _, m := range matches {
-		start, end := m.Capture(0), m.Capture(1)
-		add(src[last:start])
-		whole := src[start:end]
-		switch r := repl.(type) {
-		case lua.LString:
-			expandRepl(L, string(r), src, m, add)
-		case lua.LNumber:
-			expandRepl(L, r.String(), src, m, add)
-		case *lua.LTable:
-			add(replValue(L, L.GetTable(r, firstCapture(src, m)), whole))
-		case *lua.LFunction:
-			L.Push(r)
-			n := pushCaptures(L, src, m)
-			L.Call(n, 1)
-			v := L.Get(-1)
-			L.Pop(1)
-			add(replValue(L, v, whole))
+	// pm only reads its input: a view of src spares copying it.
+	data := unsafe.Slice(unsafe.StringData(src), len(src))
+	anchored := strings.HasPrefix(pat, "^")
+	n, offset := 0, 0
+	for {
+		// Matches are found a chunk at a time, not all at once: a pattern
+		// that matches every byte of a large subject would otherwise
+		// allocate a match record per byte before the first replacement
+		// is checked against the cap, and the deadline is checked between
+		// chunks.
+		want := gsubChunk
+		if limit >= 0 {
+			want = min(want, limit-n)
 		}
-		last = end
+		if want == 0 {
+			break
+		}
+		matches, err := pm.Find(pat, data, offset, want)
+		if err != nil {
+			L.RaiseError("string.gsub: %s", err.Error())
+		}
+		for _, m := range matches {
+			start, end := m.Capture(0), m.Capture(1)
+			add(src[last:start])
+			whole := src[start:end]
+			switch r := repl.(type) {
+			case lua.LString:
+				expandRepl(L, string(r), src, m, add)
+			case lua.LNumber:
+				expandRepl(L, r.String(), src, m, add)
+			case *lua.LTable:
+				add(replValue(L, L.GetTable(r, firstCapture(src, m)), whole))
+			case *lua.LFunction:
+				L.Push(r)
+				L.Call(pushCaptures(L, src, m), 1)
+				v := L.Get(-1)
+				L.Pop(1)
+				add(replValue(L, v, whole))
+			}
+			last = end
+			// The next search starts where pm.Find would have gone on.
+			offset = max(start+1, end)
+		}
+		n += len(matches)
+		if len(matches) < want || anchored || offset > len(src) {
+			break
+		}
+		if ctx := L.Context(); ctx != nil && ctx.Err() != nil {
+			L.RaiseError("%s", ctx.Err().Error())
+		}
 	}
 	add(src[last:])
 	L.Push(lua.LString(b.String()))
-	L.Push(lua.LNumber(len(matches)))
+	L.Push(lua.LNumber(n))
 	return 2
 }
 
@@ -246,16 +280,17 @@ func strGsub(L *lua.LState) int {
 // match and its captures; "%" followed by anything else stands for that
 // character, as in Lua 5.1.
 func expandRepl(L *lua.LState, repl, src string, m *pm.MatchData, add func(string)) {
-	for i := 0; i < len(repl); i++ {
-		c := repl[i]
-		if c != '%' || i+1 == len(repl) {
-			add(repl[i : i+1])
-			continue
+	for {
+		i := strings.IndexByte(repl, '%')
+		if i < 0 || i+1 == len(repl) {
+			add(repl)
+			return
 		}
-		i++
-		c = repl[i]
+		add(repl[:i])
+		c := repl[i+1]
+		repl = repl[i+2:]
 		if c < '0' || c > '9' {
-			add(repl[i : i+1])
+			add(string(c))
 			continue
 		}
 		idx := int(c - '0')

@@ -208,7 +208,7 @@ func (st *state) run(file string, p *lua.FunctionProto) (LoadError, bool) {
 	L.Push(L.NewFunctionFromProto(p))
 	st.ctx.arm(loadDeadline)
 	err := L.PCall(0, 0, nil)
-	expired := st.ctx.Err() != nil
+	expired := err != nil && st.overran(err)
 	st.ctx.disarm()
 	switch {
 	case err == nil:
