@@ -188,7 +188,7 @@ func (st *state) eval(f *Flow, ev Event, build func(*lua.LState) lua.LValue) []*
 // (possibly after the deadline passed, in a Go function that cannot be
 // interrupted).
 func (st *state) overran(err error) bool {
-	return st.ctx.Err() != nil && strings.Contains(luaErrorMessage(err), context.DeadlineExceeded.Error())
+	return st.ctx.hit() && strings.Contains(luaErrorMessage(err), context.DeadlineExceeded.Error())
 }
 
 // endEval clears the evaluation context and unlocks; deferred, so that a

@@ -97,10 +97,7 @@ func newState(s *ruleSet, quiet bool) (*state, error) {
 	return st, nil
 }
 
-func (st *state) close() {
-	st.ctx.stop()
-	st.L.Close()
-}
+func (st *state) close() { st.L.Close() }
 
 // openAPI installs haka, the dissector tables, require and print.
 func (st *state) openAPI() error {
