@@ -269,3 +269,40 @@ func TestNoStatePerEvent(t *testing.T) {
 		t.Errorf("%d states after 300 connections, want 3", got)
 	}
 }
+
+// An evaluation that ran few instructions, because its goroutine was not
+// running (here: blocked in a Go function), is given up to graceFactor ×
+// the deadline; one that runs on is stopped once its grace is over.
+func TestDeadlineGrace(t *testing.T) {
+	const deadline = 100 * time.Millisecond
+	h := newHarness(t, map[string]string{"stall.lua": `
+haka.rule{ on = tls.events.alert, eval = function(flow, p)
+  p.stall()
+  if p.spin then while true do end end
+end }
+`}, Options{PoolSize: 1, Deadline: deadline})
+	stall := func(spin bool) func(*lua.LState) lua.LValue {
+		return func(L *lua.LState) lua.LValue {
+			p := L.NewTable()
+			p.RawSetString("stall", L.NewFunction(func(*lua.LState) int {
+				time.Sleep(deadline * 13 / 10) // the goroutine does not run Lua meanwhile
+				return 0
+			}))
+			p.RawSetString("spin", lua.LBool(spin))
+			return p
+		}
+	}
+	f := h.NewFlow(meta(1), nil)
+	defer f.Close()
+	if d := f.Eval(ev(t, "alert"), stall(false)); d.Verdict != inspect.Pass {
+		t.Errorf("a stalled evaluation under its grace was stopped: %+v", d)
+	}
+	start := time.Now()
+	d := f.Eval(ev(t, "alert"), stall(true))
+	if d.Verdict != inspect.Drop || !strings.Contains(d.Reason, "deadline") {
+		t.Errorf("spinning after a stall: %+v", d)
+	}
+	if elapsed := time.Since(start); elapsed < graceFactor*deadline {
+		t.Errorf("stopped after %v, before the grace of %v", elapsed, graceFactor*deadline)
+	}
+}

@@ -125,11 +125,7 @@ func loadSet(opts *Options, fsys fs.FS, name string, n int, created *atomic.Int6
 	if err != nil {
 		return nil, fmt.Errorf("reading rules from %s: %w", name, err)
 	}
-	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), ".lua") && !e.IsDir() {
-			s.files = append(s.files, e.Name())
-		}
-	}
+	s.files = ruleFiles(entries)
 	if len(s.files) == 0 {
 		return nil, fmt.Errorf("%s: no *.lua rule files", name)
 	}
@@ -177,6 +173,18 @@ func loadSet(opts *Options, fsys fs.FS, name string, n int, created *atomic.Int6
 	}
 	s.refs.Store(1)
 	return s, nil
+}
+
+// ruleFiles are the *.lua files of a directory listing, in name order
+// (fs.ReadDir sorts).
+func ruleFiles(entries []fs.DirEntry) []string {
+	var files []string
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".lua") && !e.IsDir() {
+			files = append(files, e.Name())
+		}
+	}
+	return files
 }
 
 // runFiles creates a state and runs the top-level code of every compiled

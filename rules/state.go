@@ -291,7 +291,7 @@ func (st *state) luaRule(L *lua.LState) int {
 		keys.RawSetString(k, lua.LTrue)
 	}
 	for _, k := range unknown {
-		problem("unknown key %q%s (a rule has on (or hook), and eval)", k, suggest(k, keys))
+		problem("unknown key %q%s; a rule takes on (or hook) and eval", k, suggest(k, keys))
 	}
 	switch {
 	case on != lua.LNil && hook != lua.LNil:

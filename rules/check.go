@@ -1,0 +1,43 @@
+package rules
+
+import (
+	"errors"
+	"io/fs"
+	"sync/atomic"
+)
+
+// CheckResult is what Check found in a rule set.
+type CheckResult struct {
+	// Files are the rule files, in load order.
+	Files []string
+	// Rules are the rules declared, in evaluation order (none when there
+	// are problems).
+	Rules []Rule
+	// Problems are the mistakes found, each at its file and line, in file
+	// order. The set loads if and only if there are none.
+	Problems LoadErrors
+}
+
+// Check loads the rule set opts names the way New does, in one sandboxed
+// interpreter state, and reports every mistake it finds: syntax errors,
+// hooks on unknown events, rules without eval or with a non-function
+// eval, unknown keys in haka.rule, requires of missing modules or of
+// files outside the directory, errors raised by top-level code, and top-level
+// code that does not end. The error is for a set that cannot be read at
+// all (a missing directory).
+func Check(opts Options) (*CheckResult, error) {
+	opts.normalise()
+	fsys, name := opts.source()
+	var created atomic.Int64
+	s, err := loadSet(&opts, fsys, name, 1, &created)
+	var problems LoadErrors
+	switch {
+	case errors.As(err, &problems):
+		entries, _ := fs.ReadDir(fsys, ".")
+		return &CheckResult{Files: ruleFiles(entries), Problems: problems}, nil
+	case err != nil:
+		return nil, err
+	}
+	defer s.release()
+	return &CheckResult{Files: s.files, Rules: s.list()}, nil
+}
