@@ -11,12 +11,12 @@ const (
 	// minSteps is how many Lua instructions an evaluation must have run
 	// for the deadline to stop it on time. The deadline is measured on the
 	// wall clock, which also runs while the evaluating goroutine waits for
-	// a processor (preempted, or assisting the garbage collector); on a
-	// loaded machine a rule of a few hundred instructions can see its
-	// deadline pass without being at fault. Such an evaluation gets more
-	// time, up to graceFactor × the deadline. A runaway loop runs 100,000
-	// instructions in a millisecond or two of processor time, so it is
-	// stopped on time.
+	// a processor (preempted, its thread descheduled, assisting the
+	// garbage collector); on a loaded machine a rule of a few hundred
+	// instructions can see its deadline pass without being at fault. Such
+	// an evaluation gets more time, up to graceFactor × the deadline. A
+	// runaway loop runs 100,000 instructions in a millisecond or two of
+	// processor time, so it is stopped on time.
 	minSteps = 100_000
 	// graceFactor bounds the extra time: some rules spend their time in
 	// few expensive instructions (s = s .. s doubles a string each time),
@@ -28,29 +28,45 @@ const (
 	publishEvery = 256
 )
 
+// Values of deadline.start besides a start time.
+const (
+	idle    = 0
+	stopped = -1 // the timer stopped the evaluation
+)
+
+// epoch is the origin of deadline.start: a monotonic clock reading taken
+// once, so that a start time fits an atomic int64.
+var epoch = time.Now()
+
+func monoNow() int64 { return int64(time.Since(epoch)) + 1 } // never idle
+
 // deadline is the context.Context of one interpreter state, re-armed for
 // every evaluation instead of creating a context.WithTimeout per event,
-// which costs a timer, a goroutine-safe cancel context and several
-// allocations each time (see BenchmarkDeadline).
+// which costs a timer and several allocations each time (see
+// BenchmarkDeadline).
 //
 // gopher-lua calls Done before every instruction, so Done is a field read
-// and a counter. One time.AfterFunc timer per state closes the channel
-// when the evaluation is over its deadline; the closing, and the
-// replacement of a closed channel, happen under mu, so that a timer firing
-// late for an evaluation that already ended cannot cut the next one short.
+// and a counter. Arming an evaluation is a clock read and a few atomic
+// stores: the state's one timer is not reset per evaluation but runs
+// while the state is busy, firing at the deadline of the evaluation in
+// progress (or one deadline later when none is) and stopping once the
+// state is idle. When it finds an evaluation over its deadline it claims
+// it (start becomes stopped) and closes the done channel, under mu; the
+// evaluating goroutine replaces the channel, under mu, when it sees its
+// evaluation was claimed. So a timer firing late can never stop an
+// evaluation other than the one that overran.
 type deadline struct {
-	// done is read on every instruction without a lock: only disarm,
-	// run by the evaluating goroutine itself, replaces it.
+	// done is read on every instruction without a lock: only the
+	// evaluating goroutine replaces it.
 	done  chan struct{}
 	steps int // instructions of this evaluation, evaluating goroutine only
-	seen  atomic.Int64
-	timer *time.Timer
 
+	start   atomic.Int64 // monoNow of the evaluation in progress, idle, or stopped
+	limit   atomic.Int64 // its deadline, in nanoseconds
+	seen    atomic.Int64 // steps as last published
+	ticking atomic.Bool  // the timer is scheduled
+	timer   *time.Timer
 	mu      sync.Mutex
-	armed   bool
-	expired bool
-	start   time.Time
-	soft    time.Duration
 }
 
 func newDeadline() *deadline {
@@ -64,50 +80,53 @@ func newDeadline() *deadline {
 func (d *deadline) arm(limit time.Duration) {
 	d.steps = 0
 	d.seen.Store(0)
-	d.mu.Lock()
-	d.armed, d.start, d.soft = true, time.Now(), limit
-	d.mu.Unlock()
-	d.timer.Reset(limit)
-}
-
-// disarm ends an evaluation and reports whether it was stopped; a closed
-// channel is replaced for the next one.
-func (d *deadline) disarm() bool {
-	d.timer.Stop()
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.armed = false
-	expired := d.expired
-	if expired {
-		d.done = make(chan struct{})
-		d.expired = false
+	d.limit.Store(int64(limit))
+	d.start.Store(monoNow())
+	if !d.ticking.Load() && d.ticking.CompareAndSwap(false, true) {
+		d.timer.Reset(limit)
 	}
-	return expired
 }
 
-// hit reports whether the running evaluation was stopped.
-func (d *deadline) hit() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.expired
+// disarm ends an evaluation and prepares the next: a channel the timer
+// closed is replaced.
+func (d *deadline) disarm() {
+	if d.start.Swap(idle) == stopped {
+		// The timer claimed the evaluation under mu and closed done
+		// before releasing it.
+		d.mu.Lock()
+		d.done = make(chan struct{})
+		d.mu.Unlock()
+	}
 }
+
+// hit reports whether the evaluation in progress was stopped.
+func (d *deadline) hit() bool { return d.start.Load() == stopped }
 
 func (d *deadline) fire() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if !d.armed || d.expired {
+	s := d.start.Load()
+	limit := d.limit.Load()
+	if s == idle || s == stopped {
+		// Nothing to watch: stop ticking, unless an evaluation was armed
+		// after the load above and saw the timer still ticking.
+		d.ticking.Store(false)
+		if d.start.Load() > idle && d.ticking.CompareAndSwap(false, true) {
+			d.timer.Reset(time.Duration(limit))
+		}
 		return
 	}
-	elapsed := time.Since(d.start)
+	elapsed := monoNow() - s
 	switch {
-	case elapsed < d.soft:
-		// Fired for an earlier evaluation, late.
-		d.timer.Reset(d.soft - elapsed)
-	case d.seen.Load() < minSteps && elapsed < graceFactor*d.soft:
-		d.timer.Reset(graceFactor*d.soft - elapsed)
+	case elapsed < limit:
+		d.timer.Reset(time.Duration(limit - elapsed))
+	case d.seen.Load() < minSteps && elapsed < graceFactor*limit:
+		d.timer.Reset(time.Duration(graceFactor*limit - elapsed))
 	default:
-		d.expired = true
-		close(d.done)
+		if d.start.CompareAndSwap(s, stopped) {
+			close(d.done)
+		}
+		d.timer.Reset(time.Duration(limit))
 	}
 }
 

@@ -95,6 +95,18 @@ func openSandbox(L *lua.LState) {
 		return format(L)
 	}))
 	g.RawGetString("table").(*lua.LTable).RawSetString("concat", L.NewFunction(tableConcat))
+	// pairs(object) iterates over every field of an Object.
+	pairs := g.RawGetString("pairs")
+	g.RawSetString("pairs", L.NewFunction(func(L *lua.LState) int {
+		if ud, ok := L.Get(1).(*lua.LUserData); ok {
+			if m, ok := ud.Value.(materializer); ok {
+				L.Replace(1, m.table(L))
+			}
+		}
+		L.Insert(pairs, 1)
+		L.Call(L.GetTop()-1, 3)
+		return 3
+	}))
 	// math.randomseed would reseed the process-wide generator.
 	g.RawGetString("math").(*lua.LTable).RawSetString("randomseed", lua.LNil)
 }

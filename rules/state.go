@@ -97,7 +97,10 @@ func newState(s *ruleSet, quiet bool) (*state, error) {
 	return st, nil
 }
 
-func (st *state) close() { st.L.Close() }
+func (st *state) close() {
+	st.ctx.timer.Stop()
+	st.L.Close()
+}
 
 // openAPI installs haka, the dissector tables, require and print.
 func (st *state) openAPI() error {
@@ -196,16 +199,27 @@ func (st *state) strict(t *lua.LTable, name string) {
 	t.Metatable = mt
 }
 
-// suggest returns ` (did you mean "x"?)` when t has a key close to key.
+// suggest returns ` (did you mean "x"?)` when t has a string key close to
+// key.
 func suggest(key string, t *lua.LTable) string {
-	best, bestD := "", 3
+	var names []string
 	t.ForEach(func(k, _ lua.LValue) {
 		if ks, ok := k.(lua.LString); ok {
-			if d := editDistance(key, string(ks)); d < bestD || d == bestD && string(ks) < best {
-				best, bestD = string(ks), d
-			}
+			names = append(names, string(ks))
 		}
 	})
+	return suggestFrom(key, names)
+}
+
+// suggestFrom returns ` (did you mean "x"?)` when a name is within two
+// typos of key.
+func suggestFrom(key string, names []string) string {
+	best, bestD := "", 3
+	for _, n := range names {
+		if d := editDistance(key, n); d < bestD || d == bestD && n < best {
+			best, bestD = n, d
+		}
+	}
 	if best == "" {
 		return ""
 	}
@@ -286,12 +300,8 @@ func (st *state) luaRule(L *lua.LState) int {
 		}
 	})
 	sort.Strings(unknown)
-	keys := L.NewTable()
-	for _, k := range ruleKeys {
-		keys.RawSetString(k, lua.LTrue)
-	}
 	for _, k := range unknown {
-		problem("unknown key %q%s; a rule takes on (or hook) and eval", k, suggest(k, keys))
+		problem("unknown key %q%s; a rule takes on (or hook) and eval", k, suggestFrom(k, ruleKeys))
 	}
 	switch {
 	case on != lua.LNil && hook != lua.LNil:
