@@ -14,7 +14,7 @@ type CheckResult struct {
 	// are problems).
 	Rules []Rule
 	// Problems are the mistakes found, each at its file and line, in file
-	// order. The set loads if and only if there are none.
+	// order.
 	Problems LoadErrors
 }
 
@@ -22,14 +22,16 @@ type CheckResult struct {
 // interpreter state, and reports every mistake it finds: syntax errors,
 // hooks on unknown events, rules without eval or with a non-function
 // eval, unknown keys in haka.rule, requires of missing modules or of
-// files outside the directory, errors raised by top-level code, and top-level
-// code that does not end. The error is for a set that cannot be read at
-// all (a missing directory).
+// files outside the directory, errors raised by top-level code, top-level
+// code that does not end, and reads of globals nothing defines (which
+// New only logs: they may sit in a branch that never runs, but usually
+// they are a typo waiting for the traffic that takes that branch). The
+// error is for a set that cannot be read at all (a missing directory).
 func Check(opts Options) (*CheckResult, error) {
 	opts.normalise()
 	fsys, name := opts.source()
 	var created atomic.Int64
-	s, err := loadSet(&opts, fsys, name, 1, &created)
+	s, err := loadSet(&opts, fsys, name, 1, &created, true)
 	var problems LoadErrors
 	switch {
 	case errors.As(err, &problems):
@@ -39,5 +41,9 @@ func Check(opts Options) (*CheckResult, error) {
 		return nil, err
 	}
 	defer s.release()
-	return &CheckResult{Files: s.files, Rules: s.list()}, nil
+	res := &CheckResult{Files: s.files, Problems: s.warnings}
+	if len(res.Problems) == 0 {
+		res.Rules = s.list()
+	}
+	return res, nil
 }

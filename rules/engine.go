@@ -2,6 +2,7 @@ package rules
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"sync"
 	"sync/atomic"
@@ -48,9 +49,12 @@ func New(opts Options) (*Engine, error) {
 }
 
 func (e *Engine) load() (*ruleSet, error) {
-	s, err := loadSet(&e.opts, e.fsys, e.name, e.opts.PoolSize, &e.created)
+	s, err := loadSet(&e.opts, e.fsys, e.name, e.opts.PoolSize, &e.created, false)
 	if err != nil {
 		return nil, err
+	}
+	for _, w := range s.warnings {
+		e.opts.Logger.Warn("rule set: "+w.Msg, zap.String("at", fmt.Sprintf("%s:%d", w.File, w.Line)))
 	}
 	e.opts.Logger.Info("rules loaded",
 		zap.String("from", e.name),

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"errors"
+	"go.uber.org/zap/zapcore"
 	"os"
 	"path/filepath"
 	"strings"
@@ -175,5 +176,63 @@ func TestClosedEngine(t *testing.T) {
 	f.Close()
 	if err := h.Reload(); !errors.Is(err, ErrClosed) {
 		t.Errorf("Reload after Close: %v", err)
+	}
+}
+
+// Reads of globals nothing defines, and requires of missing modules in
+// code loading did not run, are reported by Check and logged by New, at
+// their file and line; a set with them still loads.
+func TestUndefinedGlobals(t *testing.T) {
+	files := map[string]string{
+		"a.lua": `
+counter = 0
+haka.rule{ on = tls.events.alert, eval = function(flow, p)
+  counter = counter + 1
+  if p.bad then drop(flow) end
+  if DEBUG then hakka.alert{ description = "x" } end
+  local lib = require "lib.util"
+  lib.f(tostring(p), string.len("x"), late)
+  if p.rare then require("lib.missing") end
+end }
+function later() late = 1 end
+pcall(require, "lib.broken")
+`,
+		"lib/util.lua":   "return { f = function() return undefined_in_module end }",
+		"lib/broken.lua": "return {",
+	}
+	res, err := Check(Options{FS: ruleFS(files)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`a.lua:5: undefined global "drop"`,
+		`a.lua:6: undefined global "DEBUG"`,
+		`a.lua:6: undefined global "hakka" (did you mean "haka"?)`,
+		`a.lua:9: require "lib.missing": no lib/missing.lua in rules`,
+		`lib/util.lua:1: undefined global "undefined_in_module"`,
+	}
+	var got []string
+	for _, p := range res.Problems {
+		got = append(got, p.Error())
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("problems:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if len(res.Rules) != 0 {
+		t.Errorf("rules listed despite problems: %v", res.Rules)
+	}
+
+	h := newHarness(t, files, Options{PoolSize: 1})
+	if len(h.Rules()) != 1 {
+		t.Fatalf("the set did not load")
+	}
+	var warned []string
+	for _, e := range h.logs.All() {
+		if e.Level == zapcore.WarnLevel {
+			warned = append(warned, e.Message+" at "+e.ContextMap()["at"].(string))
+		}
+	}
+	if len(warned) != 5 || warned[0] != `rule set: undefined global "drop" at a.lua:5` {
+		t.Errorf("warnings: %q", warned)
 	}
 }

@@ -62,15 +62,18 @@ type rule struct {
 // ruleSet is a loaded rule set: the compiled files, the rules and the
 // interpreter states that run them.
 type ruleSet struct {
-	opts    *Options
-	fsys    fs.FS
-	name    string
-	reg     *registry
-	files   []string
-	rules   []*rule
-	hooks   [][]*rule // by Event, in evaluation order
-	states  []*state
-	created *atomic.Int64 // the engine's count of states created
+	opts  *Options
+	fsys  fs.FS
+	name  string
+	reg   *registry
+	files []string
+	// warnings are mistakes that do not stop the set from loading (see
+	// lint): New and Reload log them, Check reports them.
+	warnings LoadErrors
+	rules    []*rule
+	hooks    [][]*rule // by Event, in evaluation order
+	states   []*state
+	created  *atomic.Int64 // the engine's count of states created
 
 	// refs counts the flows pinned to the set, plus one while it is the
 	// engine's current set. The states close when it drops to zero.
@@ -114,8 +117,9 @@ func (s *ruleSet) close() {
 
 // loadSet compiles the *.lua files of fsys, in name order, and runs them in
 // n fresh states. Every mistake it can find is reported, not only the
-// first: files that compile are run even when others do not.
-func loadSet(opts *Options, fsys fs.FS, name string, n int, created *atomic.Int64) (*ruleSet, error) {
+// first: files that compile are run even when others do not, and when
+// checking, the set's code is linted even when it does not load.
+func loadSet(opts *Options, fsys fs.FS, name string, n int, created *atomic.Int64, checking bool) (*ruleSet, error) {
 	reg, err := newRegistry(opts.Dissectors)
 	if err != nil {
 		return nil, err
@@ -143,14 +147,24 @@ func loadSet(opts *Options, fsys fs.FS, name string, n int, created *atomic.Int6
 	}
 
 	first, ferrs := s.runFiles(protos, false)
-	errs = append(errs, ferrs...)
+	errs = tidy(append(errs, ferrs...), s.files)
 	if len(errs) > 0 {
 		if first != nil {
+			if checking {
+				var compiled []*lua.FunctionProto
+				for _, p := range protos {
+					if p != nil {
+						compiled = append(compiled, p)
+					}
+				}
+				errs = tidy(append(errs, lint(first, compiled)...), s.files)
+			}
 			first.close()
 		}
 		return nil, errs
 	}
 	s.states = append(s.states, first)
+	s.warnings = tidy(lint(first, protos), s.files)
 	s.rules = make([]*rule, len(first.declared))
 	s.hooks = make([][]*rule, len(reg.events))
 	for i, d := range first.declared {
@@ -206,8 +220,7 @@ func (s *ruleSet) runFiles(protos []*lua.FunctionProto, quiet bool) (*state, Loa
 	}
 	st.loading = false
 	errs = append(errs, st.problems...)
-	sortLoadErrors(errs, s.files)
-	return st, errs
+	return st, tidy(errs, s.files)
 }
 
 // run executes a chunk's top-level code under the load deadline.
@@ -310,9 +323,10 @@ func locate(file, msg string) LoadError {
 	return LoadError{File: file, Msg: msg}
 }
 
-// sortLoadErrors orders errors by file (in load order, modules after) and
-// line, so that output does not depend on when a mistake was found.
-func sortLoadErrors(errs LoadErrors, files []string) {
+// tidy orders errors by file (in load order, modules after) and line, so
+// that output does not depend on when a mistake was found, and drops
+// repeats (a require that failed at load is also found by lint).
+func tidy(errs LoadErrors, files []string) LoadErrors {
 	order := make(map[string]int, len(files))
 	for i, f := range files {
 		order[f] = i
@@ -331,6 +345,12 @@ func sortLoadErrors(errs LoadErrors, files []string) {
 			return strings.Compare(a.File, b.File)
 		}
 		return a.Line - b.Line
+	})
+	seen := make(map[LoadError]bool, len(errs))
+	return slices.DeleteFunc(errs, func(e LoadError) bool {
+		dup := seen[e]
+		seen[e] = true
+		return dup
 	})
 }
 

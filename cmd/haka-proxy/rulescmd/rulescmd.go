@@ -41,7 +41,9 @@ func NewCmdCheck(runF func(*CheckOptions) error) *cobra.Command {
 and report every mistake found, one per line as FILE:LINE: MESSAGE:
 syntax errors, hooks on unknown events, rules without an eval function,
 unknown keys in haka.rule{...}, requires of missing modules, errors raised
-by top-level code. Without DIR, the stock rules are checked.
+by top-level code, and reads of globals nothing defines (typos that the
+proxy would only find on the traffic that takes their branch). Without
+DIR, the stock rules are checked.
 
 The exit status is non-zero when there is a mistake.`,
 		Args:         cobra.MaximumNArgs(1),

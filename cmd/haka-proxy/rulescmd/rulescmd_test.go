@@ -47,13 +47,16 @@ func TestCheckBrokenDirectory(t *testing.T) {
 		"05_ok.lua":      "haka.rule{ on = tls.events.alert, eval = function(flow) flow:drop() end }\n",
 		"06_escape.lua":  "\nrequire '../../etc/passwd'\n",
 		"07_runtime.lua": "local t = nil\nlocal x = t.x\n",
+		"08_typo.lua": "haka.rule{ on = tls.events.heartbeat, eval = function(flow, hb)\n" +
+			"  if hb.overflow then drop(flow) end\n" +
+			"  if hb.leak then require('lib.gone').stop(flow) end\nend }\n",
 		"README.md":      "not a rule file",
 	})
 	stdout, stderr, err := run(t, "check", dir)
 	if err == nil {
 		t.Fatal("check succeeded on a broken directory")
 	}
-	if err.Error() != dir+": 9 mistakes" {
+	if err.Error() != dir+": 11 mistakes" {
 		t.Errorf("error %q", err)
 	}
 	if stdout != "" {
@@ -70,6 +73,8 @@ func TestCheckBrokenDirectory(t *testing.T) {
 		p("04_require.lua") + `:1: require "lib.missing": no lib/missing.lua in ` + dir,
 		p("06_escape.lua") + `:2: require "../../etc/passwd": module names are identifiers separated by dots (lib.util is lib/util.lua in the rules directory)`,
 		p("07_runtime.lua") + ":2: attempt to index a non-table object(nil) with key 'x'",
+		p("08_typo.lua") + `:2: undefined global "drop"`,
+		p("08_typo.lua") + `:3: require "lib.gone": no lib/gone.lua in ` + dir,
 	}
 	// The root command prints the returned error after the mistakes.
 	var got []string
