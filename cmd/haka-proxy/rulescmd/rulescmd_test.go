@@ -50,7 +50,7 @@ func TestCheckBrokenDirectory(t *testing.T) {
 		"08_typo.lua": "haka.rule{ on = tls.events.heartbeat, eval = function(flow, hb)\n" +
 			"  if hb.overflow then drop(flow) end\n" +
 			"  if hb.leak then require('lib.gone').stop(flow) end\nend }\n",
-		"README.md":      "not a rule file",
+		"README.md": "not a rule file",
 	})
 	stdout, stderr, err := run(t, "check", dir)
 	if err == nil {
