@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	lua "github.com/yuin/gopher-lua"
 	"go.uber.org/zap/zapcore"
@@ -407,5 +408,39 @@ func TestUnhookedEvent(t *testing.T) {
 	}
 	if f.ud != nil {
 		t.Error("an unhooked event created the flow object")
+	}
+}
+
+// ObserveEval sees every evaluation that ran rules, with its event.
+func TestObserveEval(t *testing.T) {
+	var seen []string
+	h := newHarness(t, map[string]string{"o.lua": `haka.rule{ on = tls.events.alert, eval = function() end }`},
+		Options{PoolSize: 1, ObserveEval: func(event string, d time.Duration) {
+			if d <= 0 {
+				t.Errorf("duration %v", d)
+			}
+			seen = append(seen, event)
+		}})
+	f := h.NewFlow(meta(1), nil)
+	f.Eval(ev(t, "alert"), nil)
+	f.Eval(ev(t, "record"), nil) // not hooked: not observed
+	f.Eval(ev(t, "alert"), nil)
+	f.Close()
+	if strings.Join(seen, ",") != "alert,alert" {
+		t.Errorf("observed %v", seen)
+	}
+}
+
+func TestErrorPolicy(t *testing.T) {
+	for s, want := range map[string]ErrorPolicy{"drop": PolicyDrop, "PASS": PolicyPass, "": PolicyDrop} {
+		if p, err := ParseErrorPolicy(s); err != nil || p != want || (s != "" && !strings.EqualFold(p.String(), s)) {
+			t.Errorf("ParseErrorPolicy(%q) = %v, %v", s, p, err)
+		}
+	}
+	if _, err := ParseErrorPolicy("ignore"); err == nil || !strings.Contains(err.Error(), `"ignore"`) {
+		t.Errorf("ParseErrorPolicy(ignore): %v", err)
+	}
+	if _, err := New(Options{ErrorPolicy: 7}); err == nil {
+		t.Error("an invalid policy was accepted")
 	}
 }

@@ -3,11 +3,16 @@
 // sandbox they run in, the registry of the events dissectors raise, and
 // the per-connection evaluation path the TLS state machine calls.
 //
+//	var hbObject = rules.NewObject("hb", map[string]func(*lua.LState, *Heartbeat) lua.LValue{
+//		"overflow": func(L *lua.LState, hb *Heartbeat) lua.LValue { return lua.LBool(hb.Overflow) },
+//		...
+//	})
+//
 //	e, err := rules.New(rules.Options{Dir: dir, Logger: log, Alerts: alerts})
 //	f := e.NewFlow(&inspect.Flow{ID: id, Src: src, Dst: dst}, inspector)
 //	if f.Hooked(rules.TLS(tlssm.EvHeartbeat)) {
 //		d := f.Eval(rules.TLS(tlssm.EvHeartbeat), func(L *lua.LState) lua.LValue {
-//			return heartbeatTable(L, hb) // the caller builds the parameter
+//			return hbObject.Value(L, hb) // the caller makes the parameter
 //		})
 //		if d.Verdict.Kills() { ... }
 //	}
@@ -21,7 +26,8 @@
 // param) ... end}; for an event, rules run in file order, then declaration
 // order, until one drops or resets the flow. See DESIGN.md for the API
 // (flow fields and methods, haka.alert, haka.log) and the event contract,
-// which is tlssm.Events.
+// which is tlssm.Events. The caller makes each event's parameter, best as
+// an Object, whose fields cost nothing until a rule reads them.
 //
 // # Concurrency model
 //
@@ -54,15 +60,24 @@
 // States open only the base, table, string and math libraries, without
 // dofile, loadfile, load, loadstring, module, getfenv, setfenv,
 // collectgarbage, string.dump and math.randomseed; print goes to the debug
-// log; require loads modules of the rules directory only. Each evaluation
-// runs under a deadline (Options.Deadline) enforced between Lua
-// instructions. Library functions that run in Go cannot be interrupted, so
-// those that could allocate without bound in one call (string.rep,
-// string.gsub, string.format, table.concat, assignment far past the end
-// of a table) are capped; the value stack and call depth are bounded.
-// What remains unbounded is what a loop of instructions allocates before
-// the deadline stops it, and the time one Lua pattern match takes on a
-// pathological pattern (gopher-lua's matcher backtracks in Go).
+// log; require loads modules of the rules directory only.
+//
+// Each evaluation runs under a deadline (Options.Deadline), checked before
+// every Lua instruction through the state's context, which is re-armed
+// per evaluation rather than made per event. The deadline is wall-clock
+// time, which also runs while the goroutine waits for a processor; an
+// evaluation that ran fewer than 100,000 instructions by its deadline is
+// presumed starved rather than runaway and gets up to twice the deadline.
+//
+// Library functions run in Go and cannot be interrupted, so those that
+// could allocate without bound in one call (string.rep, string.gsub,
+// string.format, table.concat, assignment far past the end of a table,
+// unpack) are capped, and string.gsub checks the deadline as it goes; the
+// value stack and the call depth are bounded. What remains bounded only by
+// the deadline is what a loop of instructions allocates before it is
+// stopped (s = s .. s doubles a string per instruction: tens of megabytes
+// at the default deadline), and one Lua pattern match on a pathological
+// pattern runs to its end (gopher-lua's matcher backtracks in Go).
 //
 // A rule that raises an error, overruns the deadline or hits a limit is
 // logged with its file and line and the connection is dropped or passed

@@ -37,6 +37,9 @@ var ErrClosed = errors.New("rules: engine closed")
 // A set with mistakes is refused with LoadErrors listing each at its file
 // and line.
 func New(opts Options) (*Engine, error) {
+	if opts.ErrorPolicy > PolicyPass {
+		return nil, fmt.Errorf("rules: invalid error policy %d", opts.ErrorPolicy)
+	}
 	opts.normalise()
 	e := &Engine{opts: opts}
 	e.fsys, e.name = opts.source()
