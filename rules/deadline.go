@@ -78,6 +78,11 @@ func newDeadline() *deadline {
 
 // arm starts the clock of one evaluation.
 func (d *deadline) arm(limit time.Duration) {
+	if d.start.Load() == stopped {
+		// The last evaluation never reached disarm (a panic went through
+		// it): its channel is closed.
+		d.disarm()
+	}
 	d.steps = 0
 	d.seen.Store(0)
 	d.limit.Store(int64(limit))

@@ -89,11 +89,12 @@ func (f *Flow) Eval(ev Event, build func(L *lua.LState) lua.LValue) inspect.Deci
 	if observe != nil {
 		start = time.Now()
 	}
-	if alerts := f.st.eval(f, ev, build); alerts != nil {
-		f.writeAlerts(alerts)
-	}
+	alerts := f.st.eval(f, ev, build)
 	if observe != nil {
 		observe(f.set.reg.events[ev].display, time.Since(start))
+	}
+	if alerts != nil {
+		f.writeAlerts(alerts)
 	}
 	return f.dec
 }
