@@ -388,6 +388,8 @@ haka.rule{ on = haka.dissectors.quic.events.retry, eval = function(flow, p) end 
 		{{Name: "my-dissector"}},
 		{{Name: "quic", Events: []string{"end"}}},
 		{{Name: "string"}}, // a sandbox global
+		{{Name: "haka"}},
+		{{Name: "require"}},
 	} {
 		if _, err := tryHarness(map[string]string{"x.lua": ""}, Options{PoolSize: 1, Dissectors: bad}); err == nil {
 			t.Errorf("dissectors %+v accepted", bad)

@@ -2,13 +2,12 @@ package rules
 
 import (
 	"errors"
-	"io/fs"
 	"sync/atomic"
 )
 
 // CheckResult is what Check found in a rule set.
 type CheckResult struct {
-	// Files are the rule files, in load order.
+	// Files are the rule files, in load order (when the set loads).
 	Files []string
 	// Rules are the rules declared, in evaluation order (none when there
 	// are problems).
@@ -29,18 +28,16 @@ type CheckResult struct {
 // error is for a set that cannot be read at all (a missing directory).
 func Check(opts Options) (*CheckResult, error) {
 	opts.normalise()
-	fsys, name := opts.source()
 	var created atomic.Int64
-	s, err := loadSet(&opts, fsys, name, 1, &created, true)
+	s, err := loadSet(&opts, 1, &created, true)
 	var problems LoadErrors
 	switch {
 	case errors.As(err, &problems):
-		entries, _ := fs.ReadDir(fsys, ".")
-		return &CheckResult{Files: ruleFiles(entries), Problems: problems}, nil
+		return &CheckResult{Problems: problems}, nil
 	case err != nil:
 		return nil, err
 	}
-	defer s.release()
+	defer s.unpin()
 	res := &CheckResult{Files: s.files, Problems: s.warnings}
 	if len(res.Problems) == 0 {
 		res.Rules = s.list()

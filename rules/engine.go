@@ -3,7 +3,6 @@ package rules
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"sync"
 	"sync/atomic"
 
@@ -16,7 +15,6 @@ import (
 // It is safe for concurrent use.
 type Engine struct {
 	opts Options
-	fsys fs.FS
 	name string
 
 	cur atomic.Pointer[ruleSet]
@@ -42,7 +40,7 @@ func New(opts Options) (*Engine, error) {
 	}
 	opts.normalise()
 	e := &Engine{opts: opts}
-	e.fsys, e.name = opts.source()
+	e.name = opts.sourceName()
 	s, err := e.load()
 	if err != nil {
 		return nil, err
@@ -52,7 +50,7 @@ func New(opts Options) (*Engine, error) {
 }
 
 func (e *Engine) load() (*ruleSet, error) {
-	s, err := loadSet(&e.opts, e.fsys, e.name, e.opts.PoolSize, &e.created, false)
+	s, err := loadSet(&e.opts, e.opts.PoolSize, &e.created, false)
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +82,7 @@ func (e *Engine) Reload() error {
 		e.opts.Logger.Error("rules reload refused; the running rules stay", zap.String("from", e.name), zap.Error(err))
 		return err
 	}
-	e.cur.Swap(s).release()
+	e.cur.Swap(s).unpin()
 	return nil
 }
 
@@ -98,7 +96,7 @@ func (e *Engine) Close() {
 	}
 	e.closed = true
 	if s := e.cur.Swap(nil); s != nil {
-		s.release()
+		s.unpin()
 	}
 }
 

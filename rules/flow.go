@@ -119,7 +119,7 @@ func (f *Flow) Close() {
 		f.srcS, f.dstS, f.srcIP, f.dstIP = nil, nil, nil, nil
 		f.st.mu.Unlock()
 	}
-	f.set.release()
+	f.set.unpin()
 }
 
 func (f *Flow) writeAlerts(alerts []*output.Alert) {

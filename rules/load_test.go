@@ -236,3 +236,52 @@ pcall(require, "lib.broken")
 		t.Errorf("warnings: %q", warned)
 	}
 }
+
+// Symbolic links inside the rules directory work (a Kubernetes ConfigMap
+// volume is made of them); one that leads out of it is refused, for rule
+// files and modules alike.
+func TestSymlinks(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "rules")
+	data := filepath.Join(dir, "..2026_12_03")
+	for _, d := range []string{filepath.Join(data, "lib"), filepath.Join(base, "outside")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write := func(p, src string) {
+		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := func(target, p string) {
+		if err := os.Symlink(target, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(data, "a.lua"), `local lib = require "lib.util"
+haka.rule{ on = tls.events.alert, eval = function(flow) lib.stop(flow) end }`)
+	write(filepath.Join(data, "lib", "util.lua"), `return { stop = function(flow) flow:drop("via links") end }`)
+	link("..2026_12_03", filepath.Join(dir, "..data"))
+	link("..data/a.lua", filepath.Join(dir, "a.lua"))
+	link("..data/lib", filepath.Join(dir, "lib"))
+	h := newHarness(t, nil, Options{Dir: dir, PoolSize: 1})
+	f := h.NewFlow(meta(1), nil)
+	if d := f.Eval(ev(t, "alert"), nil); d.Reason != "via links" {
+		t.Errorf("decision %+v", d)
+	}
+	f.Close()
+
+	write(filepath.Join(base, "outside", "evil.lua"), `return {}`)
+	link(filepath.Join(base, "outside"), filepath.Join(dir, "out"))
+	write(filepath.Join(data, "b.lua"), `require "out.evil"`)
+	link("..data/b.lua", filepath.Join(dir, "b.lua"))
+	if _, err := tryHarness(nil, Options{Dir: dir, PoolSize: 1}); err == nil || !strings.Contains(err.Error(), `b.lua:1: require "out.evil": `) || !strings.Contains(err.Error(), "escapes") {
+		t.Errorf("a module through a link out of the directory: %v", err)
+	}
+	os.Remove(filepath.Join(dir, "b.lua"))
+	link(filepath.Join(base, "outside", "evil.lua"), filepath.Join(dir, "c.lua"))
+	if _, err := tryHarness(nil, Options{Dir: dir, PoolSize: 1}); err == nil || !strings.Contains(err.Error(), "c.lua: ") || !strings.Contains(err.Error(), "escapes") {
+		t.Errorf("a rule file linked from out of the directory: %v", err)
+	}
+}

@@ -105,17 +105,31 @@ func (o *Options) normalise() {
 	}
 }
 
-// source returns the file system the rules are read from and the name
-// used in log records.
-func (o *Options) source() (fs.FS, string) {
+// sourceName names where the rules come from, in logs and errors.
+func (o *Options) sourceName() string {
+	switch {
+	case o.Dir != "":
+		return o.Dir
+	case o.FS != nil:
+		return "rules"
+	}
+	return "stock rules"
+}
+
+// open returns the file system the rules are read from and what releases
+// it. A directory is opened as an os.Root: neither a rule file nor a
+// module can be reached through a symbolic link that leads out of it
+// (links inside it, such as those of a Kubernetes ConfigMap volume, work).
+func (o *Options) open() (fs.FS, func(), error) {
 	switch {
 	case o.FS != nil:
-		if o.Dir != "" {
-			return o.FS, o.Dir
-		}
-		return o.FS, "rules"
+		return o.FS, func() {}, nil
 	case o.Dir != "":
-		return os.DirFS(o.Dir), o.Dir
+		root, err := os.OpenRoot(o.Dir)
+		if err != nil {
+			return nil, nil, fmt.Errorf("rules directory: %w", err)
+		}
+		return root.FS(), func() { root.Close() }, nil
 	}
-	return Stock(), "stock rules"
+	return Stock(), func() {}, nil
 }

@@ -62,11 +62,12 @@ type rule struct {
 // ruleSet is a loaded rule set: the compiled files, the rules and the
 // interpreter states that run them.
 type ruleSet struct {
-	opts  *Options
-	fsys  fs.FS
-	name  string
-	reg   *registry
-	files []string
+	opts    *Options
+	fsys    fs.FS
+	release func() // releases fsys once the set is closed
+	name    string
+	reg     *registry
+	files   []string
 	// warnings are mistakes that do not stop the set from loading (see
 	// lint): New and Reload log them, Check reports them.
 	warnings LoadErrors
@@ -101,7 +102,7 @@ func (s *ruleSet) tryAcquire() bool {
 	}
 }
 
-func (s *ruleSet) release() {
+func (s *ruleSet) unpin() {
 	if s.refs.Add(-1) == 0 {
 		s.close()
 	}
@@ -113,18 +114,29 @@ func (s *ruleSet) close() {
 		st.close()
 		st.mu.Unlock()
 	}
+	s.release()
 }
 
-// loadSet compiles the *.lua files of fsys, in name order, and runs them in
-// n fresh states. Every mistake it can find is reported, not only the
-// first: files that compile are run even when others do not, and when
+// loadSet compiles the *.lua files opts names, in name order, and runs
+// them in n fresh states. Every mistake it can find is reported, not only
+// the first: files that compile are run even when others do not, and when
 // checking, the set's code is linted even when it does not load.
-func loadSet(opts *Options, fsys fs.FS, name string, n int, created *atomic.Int64, checking bool) (*ruleSet, error) {
+func loadSet(opts *Options, n int, created *atomic.Int64, checking bool) (_ *ruleSet, err error) {
 	reg, err := newRegistry(opts.Dissectors)
 	if err != nil {
 		return nil, err
 	}
-	s := &ruleSet{opts: opts, fsys: fsys, name: name, reg: reg, created: created, modules: make(map[string]module)}
+	fsys, release, err := opts.open()
+	if err != nil {
+		return nil, err
+	}
+	name := opts.sourceName()
+	s := &ruleSet{opts: opts, fsys: fsys, release: release, name: name, reg: reg, created: created, modules: make(map[string]module)}
+	defer func() {
+		if err != nil && s.states == nil {
+			release()
+		}
+	}()
 	entries, err := fs.ReadDir(fsys, ".")
 	if err != nil {
 		return nil, fmt.Errorf("reading rules from %s: %w", name, err)
@@ -378,8 +390,10 @@ func (s *ruleSet) module(name string) (*lua.FunctionProto, error) {
 		return m.proto, m.err
 	}
 	var m module
-	if _, err := fs.Stat(s.fsys, file); err != nil {
+	if _, err := fs.Stat(s.fsys, file); errors.Is(err, fs.ErrNotExist) {
 		m.err = fmt.Errorf("no %s in %s", file, s.name)
+	} else if err != nil {
+		m.err = err // a link out of the directory: "path escapes from parent"
 	} else {
 		m.proto, m.err = compile(s.fsys, file)
 	}

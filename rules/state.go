@@ -119,6 +119,9 @@ func (st *state) openAPI() error {
 	st.strict(logT, "haka.log")
 	haka.RawSetString("log", logT)
 
+	g.RawSetString("require", L.NewFunction(st.luaRequire))
+	g.RawSetString("print", L.NewFunction(st.luaPrint))
+
 	eventMeta := L.NewTable()
 	eventMeta.RawSetString("__tostring", L.NewFunction(func(L *lua.LState) int {
 		ref := L.CheckUserData(1).Value.(*eventRef)
@@ -128,7 +131,7 @@ func (st *state) openAPI() error {
 	eventMeta.RawSetString("__metatable", lua.LString("event"))
 	dissectors := L.NewTable()
 	for _, d := range st.set.reg.dissectors {
-		if g.RawGetString(d.name) != lua.LNil {
+		if g.RawGetString(d.name) != lua.LNil || d.name == "haka" {
 			return fmt.Errorf("dissector %q: the name is taken by a global of the sandbox", d.name)
 		}
 		events := L.NewTable()
@@ -150,8 +153,6 @@ func (st *state) openAPI() error {
 	haka.RawSetString("dissectors", dissectors)
 	st.strict(haka, "haka")
 	g.RawSetString("haka", haka)
-	g.RawSetString("require", L.NewFunction(st.luaRequire))
-	g.RawSetString("print", L.NewFunction(st.luaPrint))
 
 	st.flowMeta = L.NewTable()
 	st.flowMeta.RawSetString("__index", L.NewFunction(st.flowIndex))
@@ -161,7 +162,7 @@ func (st *state) openAPI() error {
 	}))
 	st.flowMeta.RawSetString("__tostring", L.NewFunction(func(L *lua.LState) int {
 		if f, ok := L.CheckUserData(1).Value.(*Flow); ok {
-			L.Push(lua.LString(fmt.Sprintf("flow %d (%s -> %s)", f.id, f.src, f.dst)))
+			L.Push(lua.LString(fmt.Sprintf("flow %d (%s -> %s)", f.id, unmapped(f.src), unmapped(f.dst))))
 		} else {
 			L.Push(lua.LString("flow (closed)"))
 		}
