@@ -14,11 +14,13 @@ import (
 )
 
 // FlowInfo gives the fields of a flow that change while the connection
-// goes on. The TLS inspector implements it (Info is already part of
-// inspect.Inspector); the engine calls it only when a rule reads
-// flow.sni, flow.alpn, flow.version, flow.ja3, flow.ja4 or flow.state,
-// from inside Eval, so an implementation needs no locking of its own
-// beyond what Eval's caller already holds.
+// goes on; the TLS inspector implements it. The engine calls it only from
+// inside Eval (when a rule reads flow.sni, flow.alpn, flow.version,
+// flow.ja3, flow.ja4 or flow.state, or raises an alert), on the goroutine
+// that called Eval: an implementation needs no locking of its own, and
+// must not take a lock that the caller of Eval holds (an inspector whose
+// Info locks the mutex its Feed holds would deadlock: implement FlowInfo
+// on the unlocked state).
 type FlowInfo interface {
 	Info() inspect.Info
 	// State is the name of the current state of the connection's machine.
