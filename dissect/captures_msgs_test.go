@@ -63,7 +63,10 @@ var helloCases = []helloCase{
 		ja3sHash: "eb1d94daa7e0344597e756a1fb6e7054",
 	},
 	{
-		// arkime/arkime tests/pcap/badcurveball.test @12861fdb73d38d546a90a0717ff5e41edec3a28f
+		// arkime/arkime tests/pcap/badcurveball.test @12861fdb73d38d546a90a0717ff5e41edec3a28f;
+		// the JA4 reference implementation prints the same JA4 for this
+		// capture (FoxIO-LLC/ja4 rust/ja4/src/snapshots/ja4__insta@badcurveball.pcap.snap
+		// @44569a1fc8cf288d8aa35e2e7436a53f9a680460).
 		capture:  "arkime/badcurveball.pcap",
 		sni:      "bad.curveballtest.com",
 		legacy:   VersionTLS12,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"slices"
+	"strconv"
 	"testing"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -412,6 +413,28 @@ func TestSSLv2ClientHello(t *testing.T) {
 		var me *MessageError
 		if !errors.As(err, &me) || me.Field != c.field {
 			t.Errorf("%s: got %v, want %s", c.name, err, c.field)
+		}
+	}
+}
+
+func TestAppendUint16Decimal(t *testing.T) {
+	for v := 0; v < 1<<16; v++ {
+		if got, want := string(appendUint16Decimal(nil, uint16(v))), strconv.Itoa(v); got != want {
+			t.Fatalf("%d: %q", v, got)
+		}
+	}
+}
+
+func TestSortSmall(t *testing.T) {
+	for n := 0; n < 300; n += 7 {
+		vs := make([]uint16, n)
+		for i := range vs {
+			vs[i] = uint16((i * 40503) ^ (n * 7919))
+		}
+		want := slices.Sorted(slices.Values(vs))
+		sortSmall(vs)
+		if !slices.Equal(vs, want) {
+			t.Fatalf("n=%d: %v", n, vs)
 		}
 	}
 }

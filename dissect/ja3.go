@@ -23,13 +23,13 @@ import (
 // byte non-zero) are left out: they have no 16-bit value to print.
 
 // jaScratch is the size of the stack buffers the fingerprints build their
-// strings in: a Chrome hello's JA3 string is about 250 bytes, so 1 KiB
-// keeps every common hello off the heap; larger ones grow into it.
-const jaScratch = 1024
+// strings in: a Chrome hello's JA3 string is about 250 bytes, so 512
+// bytes keep every common hello off the heap; larger ones grow into it.
+const jaScratch = 512
 
 // AppendJA3 appends the JA3 string of h to dst.
 func (h *ClientHello) AppendJA3(dst []byte) []byte {
-	dst = appendDecimal(dst, uint64(h.LegacyVersion))
+	dst = appendUint16Decimal(dst, h.LegacyVersion)
 	dst = append(dst, ',')
 	dst = appendDecimalList(dst, h.CipherSuites)
 	dst = append(dst, ',')
@@ -42,7 +42,7 @@ func (h *ClientHello) AppendJA3(dst []byte) []byte {
 			dst = append(dst, '-')
 		}
 		first = false
-		dst = appendDecimal(dst, uint64(e.Type))
+		dst = appendUint16Decimal(dst, e.Type)
 	}
 	dst = append(dst, ',')
 	dst = appendDecimalList(dst, h.SupportedGroups)
@@ -51,7 +51,7 @@ func (h *ClientHello) AppendJA3(dst []byte) []byte {
 		if i > 0 {
 			dst = append(dst, '-')
 		}
-		dst = appendDecimal(dst, uint64(f))
+		dst = appendUint16Decimal(dst, uint16(f))
 	}
 	return dst
 }
@@ -65,9 +65,9 @@ func (h *ClientHello) JA3() (ja3, hash string) {
 
 // AppendJA3S appends the JA3S string of m to dst.
 func (m *ServerHello) AppendJA3S(dst []byte) []byte {
-	dst = appendDecimal(dst, uint64(m.LegacyVersion))
+	dst = appendUint16Decimal(dst, m.LegacyVersion)
 	dst = append(dst, ',')
-	dst = appendDecimal(dst, uint64(m.CipherSuite))
+	dst = appendUint16Decimal(dst, m.CipherSuite)
 	dst = append(dst, ',')
 	first := true
 	for _, e := range m.Extensions {
@@ -78,7 +78,7 @@ func (m *ServerHello) AppendJA3S(dst []byte) []byte {
 			dst = append(dst, '-')
 		}
 		first = false
-		dst = appendDecimal(dst, uint64(e.Type))
+		dst = appendUint16Decimal(dst, e.Type)
 	}
 	return dst
 }
@@ -88,6 +88,30 @@ func (m *ServerHello) JA3S() (ja3s, hash string) {
 	var buf [jaScratch]byte
 	b := m.AppendJA3S(buf[:0])
 	return string(b), md5Hex(b)
+}
+
+// decimalPairs holds "00" to "99": appendUint16Decimal writes two digits
+// per division, which matters here as JA3 prints some fifty numbers per
+// hello and strconv's general path costs a third of the fingerprint.
+const decimalPairs = "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899"
+
+// appendUint16Decimal appends v in decimal.
+func appendUint16Decimal(dst []byte, v uint16) []byte {
+	switch {
+	case v < 10:
+		return append(dst, byte('0'+v))
+	case v < 100:
+		return append(dst, decimalPairs[2*v], decimalPairs[2*v+1])
+	case v < 1000:
+		r := v % 100
+		return append(dst, byte('0'+v/100), decimalPairs[2*r], decimalPairs[2*r+1])
+	case v < 10000:
+		q, r := v/100, v%100
+		return append(dst, decimalPairs[2*q], decimalPairs[2*q+1], decimalPairs[2*r], decimalPairs[2*r+1])
+	}
+	q, r := v/10000, v%10000
+	hi, lo := r/100, r%100
+	return append(dst, byte('0'+q), decimalPairs[2*hi], decimalPairs[2*hi+1], decimalPairs[2*lo], decimalPairs[2*lo+1])
 }
 
 func appendDecimalList(dst []byte, vs []uint16) []byte {
@@ -100,7 +124,7 @@ func appendDecimalList(dst []byte, vs []uint16) []byte {
 			dst = append(dst, '-')
 		}
 		first = false
-		dst = appendDecimal(dst, uint64(v))
+		dst = appendUint16Decimal(dst, v)
 	}
 	return dst
 }

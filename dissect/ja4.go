@@ -17,6 +17,11 @@ import (
 //	c: the same over the extensions, sorted, without server_name (0000)
 //	   and ALPN (0010), then "_" and the signature algorithms in wire order
 //
+// The protocol is always "t": the reference implementation prints "q" for
+// a hello that carries quic_transport_parameters, but every hello this
+// package sees came over TCP. "d" means the server_name extension is
+// present, whatever it holds (an IP literal included), as in the reference.
+//
 // GREASE values are left out everywhere. b and c are "000000000000" when
 // their list is empty. The version is the highest of supported_versions,
 // else the hello's version; an SSLv2-format hello is fingerprinted from its
@@ -25,8 +30,9 @@ import (
 // ja4HashLen is the number of hex digits of a JA4 hash part.
 const ja4HashLen = 12
 
-// ja4Sorted is the number of values sorted on the stack; longer lists (no
-// real client sends 64 ciphers) go to the heap.
+// ja4Sorted is the number of values sorted on the stack: browsers offer
+// about 16 ciphers and extensions, old OpenSSL clients up to 80 ciphers,
+// which spill to the heap.
 const ja4Sorted = 64
 
 // ja4Version maps a version to its 2-character JA4 form.
@@ -120,8 +126,26 @@ func sortedNonGREASE(scratch []uint16, vs []uint16, skipSNIALPN bool) []uint16 {
 		}
 		out = append(out, v)
 	}
-	slices.Sort(out)
+	sortSmall(out)
 	return out
+}
+
+// sortSmall sorts in place. The lists of a hello are a few dozen values:
+// insertion sort beats the general pdqsort there, and slices.Sort takes the
+// rare long list.
+func sortSmall(vs []uint16) {
+	if len(vs) > 2*ja4Sorted {
+		slices.Sort(vs)
+		return
+	}
+	for i := 1; i < len(vs); i++ {
+		v := vs[i]
+		j := i
+		for ; j > 0 && vs[j-1] > v; j-- {
+			vs[j] = vs[j-1]
+		}
+		vs[j] = v
+	}
 }
 
 func appendHexList(dst []byte, vs []uint16) []byte {

@@ -76,6 +76,8 @@ type ServerHello struct {
 	PreSharedKey     bool
 	SelectedIdentity uint16
 
+	// Anomalies found in the hello, Direction left for the caller to set;
+	// nil when there is none.
 	Anomalies []Anomaly
 }
 

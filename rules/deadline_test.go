@@ -1,0 +1,66 @@
+package rules
+
+import (
+	"testing"
+	"time"
+)
+
+// Short evaluations in a row are never stopped, however the timer's
+// firings fall between them.
+func TestDeadlineNoSpuriousStop(t *testing.T) {
+	d := newDeadline()
+	const limit = 300 * time.Millisecond // far above any stall of this loop
+	stopped := 0
+	for i := 0; i < 200_000; i++ {
+		d.arm(limit)
+		for range 10 {
+			d.Done()
+		}
+		if d.Err() != nil {
+			stopped++
+		}
+		d.disarm()
+	}
+	if stopped > 0 {
+		t.Errorf("%d short evaluations stopped", stopped)
+	}
+}
+
+// An evaluation that runs instructions past its deadline is stopped, and
+// the next one starts with an open channel.
+func TestDeadlineStopsOverdue(t *testing.T) {
+	d := newDeadline()
+	const limit = 5 * time.Millisecond
+	for round := 0; round < 3; round++ {
+		start := time.Now()
+		d.arm(limit)
+		for {
+			select {
+			case <-d.Done():
+			default:
+				if time.Since(start) > 10*time.Second {
+					t.Fatal("never stopped")
+				}
+				continue
+			}
+			break
+		}
+		if elapsed := time.Since(start); elapsed < limit {
+			t.Errorf("stopped after %v, before the %v deadline", elapsed, limit)
+		}
+		if !d.hit() || d.Err() == nil {
+			t.Error("stopped but not reported")
+		}
+		d.disarm()
+		if d.hit() || d.Err() != nil {
+			t.Error("the next evaluation starts stopped")
+		}
+	}
+	// Once idle, the timer stops ticking.
+	for start := time.Now(); d.ticking.Load(); {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the timer ticks on while the state is idle")
+		}
+		time.Sleep(limit)
+	}
+}
