@@ -96,8 +96,10 @@ func (p *pump) apply(d dissect.Direction, res inspect.Result, eof bool) {
 		p.errorf("%s: Pass %d with Forward %d of %d pending (eof %v)", d, res.Pass, res.Forward, n, eof)
 		res.Pass = 0
 	}
-	p.forward(d, p.pending[d][:res.Forward])
-	p.pending[d] = append(p.pending[d][:0], p.pending[d][res.Forward:]...)
+	if res.Forward > 0 {
+		p.forward(d, p.pending[d][:res.Forward])
+		p.pending[d] = append(p.pending[d][:0], p.pending[d][res.Forward:]...)
+	}
 	p.pass[d] = res.Pass
 	switch v := res.Decision.Verdict; {
 	case v.Kills():
