@@ -25,7 +25,7 @@ type (
 // the error that stopped the framing of a direction, which every element
 // turns into parse_error.
 type Input struct {
-	Unit dissect.Unit
+	Unit *dissect.Unit
 	Err  error
 }
 
@@ -148,7 +148,7 @@ func (g *grammar) parse(s *Session, smDir sm.Direction, in *Input) (Param, error
 		return Param{}, in.Err
 	}
 	d := dissect.Direction(smDir)
-	u := &in.Unit
+	u := in.Unit
 	p := classify(u)
 	if !g.accepts(s, d, p) {
 		return Param{Kind: KindUnexpected, Got: p.Kind, Type: p.Type}, nil

@@ -42,7 +42,7 @@ func (h *half) popRequest() (hbRequest, bool) {
 
 func (s *Session) onHeartbeat(in *instance, e smEvent) {
 	d := dissect.Direction(e.Dir)
-	u := &e.Unit.Unit
+	u := e.Unit.Unit
 	h, other := &s.dirs[d], &s.dirs[d^1]
 	hb := Heartbeat{RecordLength: u.Header.Length, Encrypted: u.Encrypted}
 	request := false

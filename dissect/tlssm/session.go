@@ -125,8 +125,10 @@ type half struct {
 	// record layer has consumed; pendingLen is how many pending bytes the
 	// pump kept after the last call.
 	consumed, pendingLen int
-	// in is the unit being fed to the machine.
-	in Input
+	// unit is the last unit of the record layer, in the machine's input
+	// while it is fed.
+	unit dissect.Unit
+	in   Input
 	// rank is the position in its flight of the last message, from 1, in
 	// the current state (grammar.order).
 	rank int
@@ -206,8 +208,13 @@ func (s *Session) feed(d dissect.Direction, pending []byte, now time.Time) inspe
 	}
 	base := s.conn.Offset(d) - int64(h.consumed)
 	clear := s.cleared(d, base)
+	// The unit references pending until the next call: the pump's
+	// buffer, which lives as long as the connection anyway.
+	u := &h.unit
 	for {
-		u, n, err := s.conn.Next(d, pending[h.consumed:])
+		var n int
+		var err error
+		*u, n, err = s.conn.Next(d, pending[h.consumed:])
 		if err != nil {
 			clear = s.cleared(d, base)
 			s.framingError(d, err)
@@ -221,7 +228,7 @@ func (s *Session) feed(d dissect.Direction, pending []byte, now time.Time) inspe
 			break
 		}
 		h.consumed += n
-		s.unit(d, &u)
+		s.unit(d, u)
 		if s.decided {
 			break
 		}
@@ -293,7 +300,7 @@ func (s *Session) unit(d dissect.Direction, u *dissect.Unit) {
 	if s.decided {
 		return
 	}
-	h.in = Input{Unit: *u}
+	h.in = Input{Unit: u}
 	if u.Kind == dissect.UnitRecord && u.Header.Type == dissect.TypeHandshake && !u.Encrypted {
 		if len(u.Fragment) > 0 {
 			return // its messages follow as UnitMessage units
@@ -301,7 +308,6 @@ func (s *Session) unit(d dissect.Direction, u *dissect.Unit) {
 		h.in.Err = errZeroLengthHandshake
 	}
 	s.in.Feed(sm.Direction(d), &h.in, s.now)
-	h.in = Input{} // let the pump's buffer go
 }
 
 // framingError feeds the machine the error that stopped d's record layer:
@@ -317,9 +323,9 @@ func (s *Session) framingError(d dissect.Direction, err error) {
 		}
 	}
 	h := &s.dirs[d]
-	h.in = Input{Unit: dissect.Unit{Start: off}, Err: err}
+	h.unit = dissect.Unit{Start: off}
+	h.in = Input{Unit: &h.unit, Err: err}
 	s.in.Feed(sm.Direction(d), &h.in, s.now)
-	h.in = Input{}
 }
 
 // EOF implements inspect.Inspector: the anomalies of a stream cut short
@@ -654,7 +660,7 @@ func (s *Session) onUnexpected(in *instance, e smEvent) {
 	d := dissect.Direction(e.Dir)
 	p := e.Param
 	if e.ID == sm.EvMissingGrammar {
-		p = classify(&e.Unit.Unit)
+		p = classify(e.Unit.Unit)
 	}
 	detail := fmt.Sprintf("%s from the %s in state %s", p.describe(), peer(d), in.State())
 	s.failReason = "unexpected message: " + detail
@@ -666,7 +672,7 @@ func (s *Session) onAppData(_ *instance, ev smEvent) {
 }
 
 func (s *Session) onOpaque(_ *instance, e smEvent) {
-	u := &e.Unit.Unit
+	u := e.Unit.Unit
 	if u.Header.Type == dissect.TypeChangeCipherSpec {
 		// The ChangeCipherSpec of a renegotiation, under the current keys.
 		if ev := s.event(EvChangeCipherSpec, dissect.Direction(e.Dir), u.Start); ev != nil {
@@ -694,7 +700,7 @@ func (s *Session) onCCS(_ *instance, e smEvent) {
 
 func (s *Session) onAlert(_ *instance, e smEvent) {
 	d := dissect.Direction(e.Dir)
-	u := &e.Unit.Unit
+	u := e.Unit.Unit
 	if u.Encrypted {
 		if ev := s.event(EvAlert, d, u.Start); ev != nil {
 			ev.Alert = Alert{Encrypted: true}
@@ -714,7 +720,7 @@ func (s *Session) onAlert(_ *instance, e smEvent) {
 // then the message's own event, then the anomalies its parser found.
 func (s *Session) onMessage(_ *instance, e smEvent) {
 	d := dissect.Direction(e.Dir)
-	u := &e.Unit.Unit
+	u := e.Unit.Unit
 	t := e.Param.Type
 	length := u.Msg.Length
 	sslv2 := e.Param.Kind == KindSSLv2Hello
