@@ -246,8 +246,14 @@ func (g *grammar) accepts(s *Session, d dissect.Direction, p Param) bool {
 func (s *Session) parseMessage(d dissect.Direction, u *dissect.Unit, t dissect.HandshakeType) error {
 	m := &u.Msg
 	if m.TooLarge {
-		// Over the reassembly cap: passed uninspected (the record layer
-		// reported handshake_message_too_large).
+		// Over the reassembly cap (the record layer reported
+		// handshake_message_too_large). A certificate chain may be that
+		// large and passes uninspected; the hellos the machine needs may
+		// not: no client sends one so large, and skipping it would let a
+		// connection past the inspection of its hello.
+		if t == dissect.MsgClientHello || t == dissect.MsgServerHello {
+			return fmt.Errorf("%s: %d bytes, over the reassembly cap", t, m.Length)
+		}
 		return nil
 	}
 	body := m.Body

@@ -268,6 +268,12 @@ func (s *Session) cleared(d dissect.Direction, base int64) int {
 	return c
 }
 
+// unforwarded returns the stream offset of the first byte of d not
+// forwarded: what the last call left pending starts there.
+func (s *Session) unforwarded(d dissect.Direction) int64 {
+	return s.conn.Offset(d) - int64(s.dirs[d].consumed)
+}
+
 // settled is the answer once the inspection is decided.
 func (s *Session) settled(pending []byte) inspect.Result {
 	res := inspect.Result{HelloDone: s.helloSeen, Decision: s.decision}
@@ -295,7 +301,14 @@ func (s *Session) unit(d dissect.Direction, u *dissect.Unit) {
 		}
 	}
 	for _, a := range u.Anomalies {
-		s.anomaly(a, u.Start)
+		off := u.Start
+		if a.Direction != d {
+			// A unit of d can cut a message of the other direction (the
+			// TLS 1.3 ServerHello switches both): the anomaly is about
+			// the bytes held there.
+			off = s.unforwarded(a.Direction)
+		}
+		s.anomaly(a, off)
 	}
 	if s.decided {
 		return

@@ -388,3 +388,35 @@ func TestAnomaliesListed(t *testing.T) {
 		t.Errorf("listed %v, want %v", names, want)
 	}
 }
+
+// A message of the client cut by the switch to TLS 1.3 encryption that the
+// server's ServerHello makes: its held bytes were never judged, so the
+// anomaly is raised about them, before they are forwarded.
+func TestMessageCutByKeyChange(t *testing.T) {
+	c := newConv()
+	c.up(hs(clientHello(helloOpts{tls13: true})))
+	held := c.up(rec(dissect.TypeHandshake, msg(dissect.MsgCertificate, random(100))[:50]))
+	c.down(hs(serverHello(shOpts{tls13: true})), appData(100))
+	c.up(appData(20))
+	r := runConv(t, c, runOpts{verdict: func(ev *Event) inspect.Decision {
+		if ev.ID == EvAnomaly && ev.Anomaly.Name == dissect.AnomalyHandshakeLengthMismatch {
+			return inspect.Decision{Verdict: inspect.Drop, Reason: "cut", Rule: "test:hygiene"}
+		}
+		return inspect.Decision{}
+	}})
+	wantDrop(t, r, "cut", dissect.Up, held)
+	if !r.has("up anomaly handshake_length_mismatch") {
+		t.Errorf("no anomaly:\n%s", strings.Join(r.rec.lines, "\n"))
+	}
+	r = runConv(t, c, runOpts{})
+	wantPass(t, r, c)
+}
+
+// A hello over the reassembly cap cannot be inspected: the connection
+// fails rather than pass it unseen.
+func TestHelloTooLarge(t *testing.T) {
+	c := newConv()
+	at := c.up(rec(dissect.TypeHandshake, []byte{1, 0xe2, 0, 0, 3, 3}))
+	r := runConv(t, c, runOpts{})
+	wantDrop(t, r, "parse error: client_hello: 14811136 bytes, over the reassembly cap", dissect.Up, at)
+}
