@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -114,11 +115,6 @@ func (p *Proxy) handle(c *conn) {
 	}
 	c.serve()
 	c.finish()
-	p.mu.Lock()
-	delete(p.conns, c)
-	p.mu.Unlock()
-	p.active.Add(-1)
-	p.metrics.closed()
 }
 
 // serve sets the connection up and runs the pumps; it returns when both
@@ -276,11 +272,14 @@ func (c *conn) readProxyHeader() bool {
 		c.refuseProxyProtocol(fmt.Sprintf("untrusted source: %v", err))
 		return false
 	case trusted && errors.Is(err, proxyproto.ErrNoProxyProtocol):
-		switch n := br.Buffered(); {
-		case n == 0:
+		b, _ := br.Peek(min(br.Buffered(), 16))
+		switch {
+		case len(b) == 0:
 			c.refuseProxyProtocol(fmt.Sprintf("no PROXY header within %s", pp.Timeout))
+		case bytes.HasPrefix(proxyproto.SIGV1, b[:min(len(b), len(proxyproto.SIGV1))]),
+			bytes.HasPrefix(proxyproto.SIGV2, b[:min(len(b), len(proxyproto.SIGV2))]):
+			c.refuseProxyProtocol(fmt.Sprintf("incomplete PROXY header within %s", pp.Timeout))
 		default:
-			b, _ := br.Peek(min(n, 16))
 			c.refuseProxyProtocol(fmt.Sprintf("missing PROXY header: the stream starts with %q", b))
 		}
 		return false
@@ -465,6 +464,13 @@ func (c *conn) finish() {
 	}
 	c.up.release()
 	c.down.release()
+	// The slot is free once the sockets are: release it before the
+	// slower logging.
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	p.active.Add(-1)
+	p.metrics.closed()
 
 	sum := inspect.Summary{
 		BytesUp:   c.up.fwd,

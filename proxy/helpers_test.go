@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -126,6 +127,24 @@ func (h *harness) dial() *net.TCPConn {
 	return c.(*net.TCPConn)
 }
 
+// expectReset dials the proxy and checks that the connection is reset.
+// On loopback the proxy can accept, decide and reset before the client's
+// connect has returned, so the reset may surface from Dial itself.
+func (h *harness) expectReset() {
+	h.t.Helper()
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		if !errors.Is(err, syscall.ECONNRESET) {
+			h.t.Fatalf("dial: %v", err)
+		}
+		return
+	}
+	defer c.Close()
+	if _, err := readAll(h.t, c); !errors.Is(err, syscall.ECONNRESET) {
+		h.t.Fatalf("client read: %v, want ECONNRESET", err)
+	}
+}
+
 // backend is a real TCP server on 127.0.0.1:0 running handle for each
 // connection.
 type backend struct {
@@ -158,11 +177,14 @@ func startBackend(t *testing.T, handle func(*net.TCPConn)) *backend {
 			}()
 		}
 	}()
-	t.Cleanup(func() {
-		ln.Close()
-		b.wg.Wait()
-	})
+	t.Cleanup(b.stop)
 	return b
+}
+
+// stop closes the listener and waits for every handler to return.
+func (b *backend) stop() {
+	b.ln.Close()
+	b.wg.Wait()
 }
 
 // echo copies the connection back to itself and half-closes at EOF.
