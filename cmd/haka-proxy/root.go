@@ -127,10 +127,10 @@ func newCmdRoot(d *deps, runF func(*rootOptions) error) *cobra.Command {
 	lim := proxy.DefaultLimits()
 	opts := &rootOptions{MaxHeldBytes: byteSize(lim.MaxHeldBytes)}
 	cmd := &cobra.Command{
-		Use:           "haka-proxy",
-		Short:         "A transparent proxy that inspects TLS without terminating it",
-		Long:          rootLong,
-		Example:       rootExample,
+		Use:     "haka-proxy",
+		Short:   "A transparent proxy that inspects TLS without terminating it",
+		Long:    rootLong,
+		Example: rootExample,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				return usageError{fmt.Errorf("unknown command %q", args[0])}

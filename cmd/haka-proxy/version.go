@@ -10,7 +10,7 @@ import (
 
 type versionInfo struct {
 	Version, Commit, Go string
-	Modified           bool
+	Modified            bool
 }
 
 // buildVersion reads what the Go toolchain recorded in the binary: the
