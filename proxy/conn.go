@@ -82,7 +82,7 @@ type conn struct {
 	refused    string           // metrics reason when refused before dialling
 
 	up, down dir
-	downDone chan struct{}
+	pumps    atomic.Int32 // pumps still running; the last one finishes
 }
 
 func (p *Proxy) newConn(tc *net.TCPConn) *conn {
@@ -107,19 +107,22 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// handle runs one connection from accept to close.
+// handle sets a connection up on the goroutine that accepted it, then
+// hands it to two pump goroutines and returns: an idle connection keeps
+// only the pumps' small stacks, not the deeper one that dialled. The last
+// pump to end finishes the connection.
 func (p *Proxy) handle(c *conn) {
-	defer p.wg.Done()
 	if p.metrics != nil {
 		p.metrics.ConnectionsActive.Inc()
 	}
-	c.serve()
-	c.finish()
+	if !c.serve() {
+		c.finish()
+	}
 }
 
-// serve sets the connection up and runs the pumps; it returns when both
-// are done or when the connection ended before they started.
-func (c *conn) serve() {
+// serve sets the connection up and starts the pumps; it reports false
+// when the connection ended before they started.
+func (c *conn) serve() (started bool) {
 	defer c.recoverPanic("setup")
 	p := c.p
 	if p.cfg.ProxyProtocol.In && !c.readProxyHeader() {
@@ -154,14 +157,18 @@ func (c *conn) serve() {
 			return
 		}
 	}
-	if err := c.up.init(c, dissect.Up, c.client, server); err != nil {
-		c.abort(err.Error(), true)
+	clientRaw, err := c.client.SyscallConn()
+	if err != nil {
+		c.abort(fmt.Sprintf("client: %v", err), true)
 		return
 	}
-	if err := c.down.init(c, dissect.Down, server, c.client); err != nil {
-		c.abort(err.Error(), true)
+	serverRaw, err := server.SyscallConn()
+	if err != nil {
+		c.abort(fmt.Sprintf("upstream: %v", err), true)
 		return
 	}
+	c.up.init(c, dissect.Up, c.client, server, clientRaw, serverRaw)
+	c.down.init(c, dissect.Down, server, c.client, serverRaw, clientRaw)
 
 	// The client has HandshakeTimeout from accept to send its opening
 	// message; then both sides have IdleTimeout between reads.
@@ -173,21 +180,20 @@ func (c *conn) serve() {
 	c.arm(c.client, c.flow.Start.Add(first))
 	c.arm(server, c.flow.Start.Add(lim.IdleTimeout))
 
-	c.downDone = make(chan struct{})
-	go c.runDown()
-	c.runUp()
-	<-c.downDone
+	c.pumps.Store(2)
+	go c.pump(&c.up, "up")
+	go c.pump(&c.down, "down")
+	return true
 }
 
-func (c *conn) runUp() {
-	defer c.recoverPanic("up")
-	c.up.run()
-}
-
-func (c *conn) runDown() {
-	defer close(c.downDone)
-	defer c.recoverPanic("down")
-	c.down.run()
+func (c *conn) pump(d *dir, where string) {
+	defer func() {
+		if c.pumps.Add(-1) == 0 {
+			c.finish()
+		}
+	}()
+	defer c.recoverPanic(where)
+	d.run()
 }
 
 // dial connects to the upstream; on failure it ends the connection with
@@ -448,6 +454,7 @@ func (c *conn) final() (inspect.Decision, bool) {
 // connection's log line, record and metrics.
 func (c *conn) finish() {
 	p := c.p
+	defer p.wg.Done()
 	d, rst := c.final()
 	c.mu.Lock()
 	server, upstream := c.server, c.upstream

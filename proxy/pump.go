@@ -74,18 +74,10 @@ type dir struct {
 	splicing bool // bypassed: the kernel moves the bytes
 }
 
-func (d *dir) init(c *conn, dd dissect.Direction, src, dst *net.TCPConn) error {
+func (d *dir) init(c *conn, dd dissect.Direction, src, dst *net.TCPConn, srcRaw, dstRaw syscall.RawConn) {
 	d.c, d.d, d.src, d.dst = c, dd, src, dst
-	var err error
-	if d.srcRaw, err = src.SyscallConn(); err != nil {
-		return fmt.Errorf("%s: %w", d.srcName(), err)
-	}
-	if d.dstRaw, err = dst.SyscallConn(); err != nil {
-		return fmt.Errorf("%s: %w", d.dstName(), err)
-	}
+	d.srcRaw, d.dstRaw = srcRaw, dstRaw
 	d.readFn = d.readable
-	d.spliceFn = d.spliceable
-	return nil
 }
 
 func (d *dir) srcName() string {
@@ -125,6 +117,9 @@ func (d *dir) run() {
 		}
 		fn := d.readFn
 		if d.splicing {
+			if d.spliceFn == nil {
+				d.spliceFn = d.spliceable
+			}
 			fn = d.spliceFn
 		}
 		err := d.srcRaw.Read(fn)
