@@ -208,6 +208,11 @@ func (c *conn) dial() *net.TCPConn {
 		return nil
 	}
 	c.cancelDial = cancel
+	// Named in the log line even when the dial fails.
+	c.upstream = p.cfg.Upstream
+	if p.cfg.Dial != nil {
+		c.upstream = c.flow.Dst.String()
+	}
 	c.mu.Unlock()
 
 	server, err := p.dial(ctx, &c.flow)

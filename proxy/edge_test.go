@@ -88,7 +88,8 @@ func TestUpstreamRefused(t *testing.T) {
 		t.Fatalf("record %+v", rec)
 	}
 	lines := h.logs.FilterMessage("connection closed").All()
-	if len(lines) != 1 || !strings.Contains(lines[0].ContextMap()["reason"].(string), "connection refused") {
+	if len(lines) != 1 || !strings.Contains(lines[0].ContextMap()["reason"].(string), "connection refused") ||
+		lines[0].ContextMap()["upstream"] != dead {
 		t.Fatalf("log lines %+v", lines)
 	}
 	if v := value(h.metrics.DialErrors.WithLabelValues(proxy.DialRefused)); v != 1 {

@@ -255,6 +255,10 @@ func TestRunInProcess(t *testing.T) {
 	}()
 
 	d, out, errOut := testDeps()
+	logs := make(chan string, 256)
+	d.Stderr = teeLines{errOut, logs}
+	rules := filepath.Join(t.TempDir(), "rules")
+	os.Mkdir(rules, 0o755)
 	sigs := make(chan os.Signal, 2)
 	d.Signals = func(...os.Signal) (<-chan os.Signal, func()) { return sigs, func() {} }
 	type addrs struct{ listen, metrics net.Addr }
@@ -263,7 +267,7 @@ func TestRunInProcess(t *testing.T) {
 	exited := make(chan int, 1)
 	go func() {
 		exited <- execute([]string{"--listen", "127.0.0.1:0", "--upstream", up.Addr().String(),
-			"--metrics", "127.0.0.1:0", "--rules", t.TempDir()}, d)
+			"--metrics", "127.0.0.1:0", "--rules", rules}, d)
 	}()
 	var a addrs
 	select {
@@ -297,6 +301,22 @@ func TestRunInProcess(t *testing.T) {
 	}
 
 	sigs <- syscall.SIGHUP
+	waitLine(t, logs, `"msg":"rules reloaded"`)
+	// A rule set that cannot be loaded keeps the running one.
+	os.RemoveAll(rules)
+	sigs <- syscall.SIGHUP
+	waitLine(t, logs, `"msg":"reload failed; keeping the running rules"`)
+	c, err = net.Dial("tcp", a.listen.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("pong"))
+	c.(*net.TCPConn).CloseWrite()
+	c.SetReadDeadline(time.Now().Add(waitFor))
+	if b, err := io.ReadAll(c); err != nil || string(b) != "pong" {
+		t.Fatalf("after a failed reload: %q, %v", b, err)
+	}
+	c.Close()
 	sigs <- syscall.SIGTERM
 	select {
 	case code := <-exited:
@@ -306,13 +326,87 @@ func TestRunInProcess(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatal("did not exit on SIGTERM")
 	}
-	logs := errOut.String()
-	for _, want := range []string{`"msg":"listening"`, `"msg":"rules reloaded"`, `"msg":"shutting down`, `"msg":"stopped"`, `"msg":"connection closed"`} {
-		if !strings.Contains(logs, want) {
-			t.Errorf("logs lack %s:\n%s", want, logs)
+	all := errOut.String()
+	for _, want := range []string{`"msg":"listening"`, `"msg":"shutting down`, `"msg":"stopped"`, `"msg":"connection closed"`} {
+		if !strings.Contains(all, want) {
+			t.Errorf("logs lack %s:\n%s", want, all)
 		}
 	}
 	if !strings.Contains(out.String(), `"type":"connection"`) || !strings.Contains(out.String(), `"bytes_up":4`) {
 		t.Errorf("no connection record on stdout: %q", out)
+	}
+}
+
+// teeLines copies what the logger writes (one entry per Write) to a
+// buffer and, line by line, to a channel.
+type teeLines struct {
+	all   *syncBuffer
+	lines chan<- string
+}
+
+func (t teeLines) Write(p []byte) (int, error) {
+	t.all.Write(p)
+	select {
+	case t.lines <- string(p):
+	default: // nobody is waiting for that many
+	}
+	return len(p), nil
+}
+
+// waitLine waits for a log line containing want.
+func waitLine(t *testing.T, lines <-chan string, want string) {
+	t.Helper()
+	timeout := time.After(waitFor)
+	for {
+		select {
+		case l := <-lines:
+			if strings.Contains(l, want) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no log line with %s", want)
+		}
+	}
+}
+
+// A second SIGTERM during the drain closes the open connections at once.
+func TestSecondSignalCutsDrain(t *testing.T) {
+	d, out, errOut := testDeps()
+	logs := make(chan string, 256)
+	d.Stderr = teeLines{errOut, logs}
+	sigs := make(chan os.Signal, 2)
+	d.Signals = func(...os.Signal) (<-chan os.Signal, func()) { return sigs, func() {} }
+	ready := make(chan net.Addr, 1)
+	d.Ready = func(l, _ net.Addr) { ready <- l }
+	exited := make(chan int, 1)
+	go func() {
+		exited <- execute([]string{"--listen", "127.0.0.1:0", "--upstream", echoServer(t), "--drain-timeout", "1h"}, d)
+	}()
+	var addr net.Addr
+	select {
+	case addr = <-ready:
+	case <-time.After(waitFor):
+		t.Fatal("not ready")
+	}
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	roundTrip(t, c, "x")
+	sigs <- syscall.SIGTERM
+	waitLine(t, logs, `"msg":"shutting down`)
+	sigs <- syscall.SIGINT
+	select {
+	case code := <-exited:
+		if code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("the second signal did not cut the drain")
+	}
+	waitLine(t, logs, `"msg":"second signal: dropping the open connections now"`)
+	if !strings.Contains(out.String(), `"reason":"shutdown: drain timeout"`) {
+		t.Fatalf("records: %s", out)
 	}
 }
