@@ -112,7 +112,7 @@ func (d *dir) run() {
 		if d.c.stopped.Load() {
 			break
 		}
-		if d.c.bypassed.Load() && !d.splicing && !d.startBypass() {
+		if spliceSupported && !d.splicing && d.c.bypassed.Load() && !d.startBypass() {
 			break
 		}
 		fn := d.readFn
@@ -150,8 +150,8 @@ func (d *dir) readable(fd uintptr) bool {
 			d.halt = true
 			return true
 		}
-		if d.c.bypassed.Load() {
-			return true
+		if spliceSupported && d.c.bypassed.Load() {
+			return true // to switch to the splicing callback
 		}
 		space := d.space()
 		n, err := unix.Read(int(fd), space)
@@ -335,7 +335,7 @@ func (d *dir) startBypass() bool {
 	}
 	d.pass = 0
 	d.release()
-	d.splicing = spliceSupported
+	d.splicing = true
 	return true
 }
 
