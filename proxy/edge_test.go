@@ -292,6 +292,9 @@ func TestMaxConns(t *testing.T) {
 	if v := value(h.metrics.Refused.WithLabelValues(proxy.RefusedMaxConns)); v != 1 {
 		t.Fatalf("refused {reason=max_conns} = %v", v)
 	}
+	if n := h.logs.FilterMessage("max-conns reached: refusing new connections").Len(); n != 1 {
+		t.Fatalf("%d warnings about max-conns", n)
+	}
 	open[0].Close()
 	h.record()
 	c := h.dial()

@@ -53,8 +53,9 @@ type Proxy struct {
 	bufs    bufPool
 	pipes   *pipePool
 
-	nextID atomic.Uint64
-	active atomic.Int64 // client connections counted against MaxConns
+	nextID      atomic.Uint64
+	active      atomic.Int64 // client connections counted against MaxConns
+	limitWarned atomic.Int64 // when max-conns was last warned about (Unix ns)
 
 	mu        sync.Mutex
 	conns     map[*conn]struct{}
@@ -232,13 +233,27 @@ func (p *Proxy) Serve(ln net.Listener) error {
 // refuse resets a connection that will not be proxied. RST rather than
 // FIN: the client learns at once, and no TIME_WAIT is left on our side.
 func (p *Proxy) refuse(tc *net.TCPConn, reason string) {
+	// Count and log before the reset, which the client may act on at once.
+	defer tc.Close()
 	tc.SetLinger(0)
-	tc.Close()
 	p.metrics.refused(reason)
 	if ce := p.log.Check(zap.DebugLevel, "connection refused"); ce != nil {
 		ce.Write(zap.String("src", tc.RemoteAddr().String()), zap.String("reason", reason))
 	}
+	if reason != RefusedMaxConns {
+		return
+	}
+	// Say it at warn level too, but at most every limitWarnEvery: a
+	// flood of refusals must not become a flood of log lines.
+	now := time.Now().UnixNano()
+	last := p.limitWarned.Load()
+	if now-last >= int64(limitWarnEvery) && p.limitWarned.CompareAndSwap(last, now) {
+		p.log.Warn("max-conns reached: refusing new connections", zap.Int("max_conns", p.lim.MaxConns))
+	}
 }
+
+// limitWarnEvery spaces the warnings about refused connections.
+const limitWarnEvery = 10 * time.Second
 
 func (p *Proxy) isDraining() bool {
 	p.mu.Lock()
