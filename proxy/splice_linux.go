@@ -39,12 +39,14 @@ type pipePool struct {
 	mu     sync.Mutex
 	free   []*pipe
 	closed bool
+	lent   int // pipes borrowed and not given back
 }
 
 func newPipePool() *pipePool { return &pipePool{} }
 
 func (pp *pipePool) get() (*pipe, error) {
 	pp.mu.Lock()
+	pp.lent++
 	if n := len(pp.free); n > 0 {
 		p := pp.free[n-1]
 		pp.free = pp.free[:n-1]
@@ -54,6 +56,9 @@ func (pp *pipePool) get() (*pipe, error) {
 	pp.mu.Unlock()
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		pp.mu.Lock()
+		pp.lent--
+		pp.mu.Unlock()
 		return nil, fmt.Errorf("pipe2: %w", err)
 	}
 	// A smaller pipe works, with more system calls per byte.
@@ -63,6 +68,7 @@ func (pp *pipePool) get() (*pipe, error) {
 
 func (pp *pipePool) put(p *pipe) {
 	pp.mu.Lock()
+	pp.lent--
 	if p.n == 0 && !pp.closed && len(pp.free) < maxIdlePipes {
 		pp.free = append(pp.free, p)
 		pp.mu.Unlock()
