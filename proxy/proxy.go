@@ -22,6 +22,17 @@
 // reset closes them with RST, bypass forwards what is pending and splices
 // the rest in the kernel through pipes borrowed from a pool.
 //
+// Costs (BenchmarkIdleConnections, strace): an idle connection holds two
+// descriptors, two parked goroutines (4 KiB of stack each once the
+// collector has shrunk them) and about 2 KiB of heap, and no buffer or
+// pipe. A connection with one small request and answer costs about 25
+// system calls. Where the next steps plug in: a pump keeps all its state
+// in its dir, none on its goroutine's stack, so a shared poller could let
+// both goroutines exit while a connection is idle (a goroutine parked in
+// the runtime's poller never shrinks below 4 KiB); and dir.consume is
+// where long Result.Pass runs could be spliced through the pipe pool
+// instead of copied.
+//
 // The package owns no global state: two Proxies in one process (as in
 // tests) share nothing.
 package proxy

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,6 +156,8 @@ func startSServer(t *testing.T, files *tlsFiles) string {
 	t.Helper()
 	cmd := exec.Command("openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", files.certFile,
 		"-key", files.keyFile, "-www")
+	// Dies with the test process, even one killed by a timeout.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

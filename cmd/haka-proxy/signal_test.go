@@ -43,6 +43,8 @@ type proc struct {
 func startBinary(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(bin, args...), logs: make(chan map[string]any, 256), stdout: make(chan string, 256), exited: make(chan error, 1)}
+	// Dies with the test process, even one killed by a timeout.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	errPipe, _ := p.cmd.StderrPipe()
 	outPipe, _ := p.cmd.StdoutPipe()
 	if err := p.cmd.Start(); err != nil {
