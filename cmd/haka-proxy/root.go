@@ -17,6 +17,9 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/nftcmd"
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/replaycmd"
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/rulescmd"
 	"github.com/hakaproxy/haka-proxy/proxy"
 	"github.com/hakaproxy/haka-proxy/rules/output"
 )
@@ -180,6 +183,9 @@ func newCmdRoot(d *deps, runF func(*rootOptions) error) *cobra.Command {
 
 	// Subcommands: one line each.
 	cmd.AddCommand(newCmdVersion(d, nil))
+	cmd.AddCommand(nftcmd.New(nftcmd.DefaultOptions(), d.Stdout, d.Stderr))
+	cmd.AddCommand(replaycmd.New(&replaycmd.Options{}, d.Stdout, d.Stderr, replaycmd.PassThrough))
+	cmd.AddCommand(rulescmd.NewCmdRules())
 	return cmd
 }
 
