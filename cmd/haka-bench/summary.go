@@ -99,11 +99,11 @@ type targetSpec struct {
 
 // table is the comparison's summary: one row per measurement, one column
 // per config, then the subject's ratios to the configs named by the
-// targets.
+// targets (and, with rules, haka-rules' to haka: what the rules cost).
 type table struct {
 	configs []string
-	subject string   // "haka" when it was measured
-	others  []string // ratio columns
+	subject string      // "haka" when it was measured
+	pairs   [][2]string // ratio columns: pair[0] / pair[1]
 	reps    int
 	rows    []rowSpec
 	targets []targetSpec
@@ -119,8 +119,11 @@ func (c *comparison) table() table {
 		t.subject = "haka"
 		for _, o := range []string{"splice", "hap1", "hap2"} {
 			if slices.Contains(t.configs, o) {
-				t.others = append(t.others, o)
+				t.pairs = append(t.pairs, [2]string{"haka", o})
 			}
+		}
+		if slices.Contains(t.configs, "haka-rules") {
+			t.pairs = append(t.pairs, [2]string{"haka-rules", "haka"})
 		}
 	}
 	o := c.o
@@ -218,9 +221,10 @@ func (t table) measured(r rowSpec) bool {
 	return false
 }
 
-// versus compares the subject with another config on one row.
-func (t table) versus(phase, metric string, kind rowKind, other string) (string, float64, bool) {
-	a, b := t.res.get(phase, metric, t.subject), t.res.get(phase, metric, other)
+// versus compares config x with config y on one row: x/y, or x-y in µs
+// for latency.
+func (t table) versus(phase, metric string, kind rowKind, x, y string) (string, float64, bool) {
+	a, b := t.res.get(phase, metric, x), t.res.get(phase, metric, y)
 	if len(a) == 0 || len(b) == 0 {
 		return "–", 0, false
 	}
@@ -242,11 +246,11 @@ func (t table) markdown() string {
 	for _, c := range t.configs {
 		b.WriteString(" " + c + " |")
 	}
-	for _, o := range t.others {
-		fmt.Fprintf(&b, " %s/%s |", t.subject, o)
+	for _, p := range t.pairs {
+		fmt.Fprintf(&b, " %s/%s |", p[0], p[1])
 	}
 	b.WriteString("\n|---|")
-	b.WriteString(strings.Repeat("---:|", len(t.configs)+len(t.others)))
+	b.WriteString(strings.Repeat("---:|", len(t.configs)+len(t.pairs)))
 	b.WriteString("\n")
 	for _, r := range t.rows {
 		if !t.measured(r) {
@@ -256,8 +260,8 @@ func (t table) markdown() string {
 		for _, c := range t.configs {
 			b.WriteString(" " + t.cell(r, c) + " |")
 		}
-		for _, o := range t.others {
-			s, _, _ := t.versus(r.phase, r.metric, r.kind, o)
+		for _, p := range t.pairs {
+			s, _, _ := t.versus(r.phase, r.metric, r.kind, p[0], p[1])
 			b.WriteString(" " + s + " |")
 		}
 		b.WriteString("\n")
@@ -284,7 +288,7 @@ func (t table) targetsMarkdown() string {
 			if tg.kind == noWorseLatency {
 				kind = latency
 			}
-			s, v, ok := t.versus(tg.phase, tg.metric, kind, tg.other)
+			s, v, ok := t.versus(tg.phase, tg.metric, kind, t.subject, tg.other)
 			if !ok {
 				shown = "no data"
 				break

@@ -77,3 +77,15 @@ func TestNoTargetsWithoutSubject(t *testing.T) {
 		t.Errorf("targets or ratio columns without haka:\n%s", tb.markdown())
 	}
 }
+
+func TestRulesColumn(t *testing.T) {
+	o := defaultCompareOptions()
+	o.phases = []string{"hs"}
+	c := &comparison{o: o, res: newResults(), configs: []proxyConfig{{name: "direct"}, {name: "haka"}, {name: "haka-rules"}}}
+	c.res.add("hs-c50", "rate", "haka", 1000)
+	c.res.add("hs-c50", "rate", "haka-rules", 900)
+	md := c.table().markdown()
+	if !strings.Contains(md, "| direct | haka | haka-rules | haka-rules/haka |") || !strings.Contains(md, "| 0.90× |") {
+		t.Errorf("no rules-cost column:\n%s", md)
+	}
+}
