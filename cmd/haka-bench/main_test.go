@@ -380,3 +380,37 @@ func TestByteSize(t *testing.T) {
 		t.Errorf("String() = %q", b.String())
 	}
 }
+
+// A proxy that breaks every connection, and one that does not start, are
+// failures in the table and in the result, not crashes or hangs.
+func TestCompareReportsFailures(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, args := range map[string]string{
+		// pflag keeps the last --upstream: a port nobody listens on.
+		"refusing upstream": "splice-proxy --listen {listen} --upstream {upstream} --upstream 127.0.0.1:1",
+		"no start":          "no-such-command --listen {listen} --upstream {upstream}",
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := tinyOptions(t, "direct", "haka")
+			o.phases = []string{"connrate"}
+			o.hakaProxy, o.hakaArgs = self, args
+			var stdout, stderr bytes.Buffer
+			var pids pidLog
+			err := runCompare(context.Background(), o, &stdout, &stderr, hooks{started: pids.started})
+			if err == nil || !strings.Contains(err.Error(), "1 measurements failed") {
+				t.Errorf("compare returned %v, want 1 failed measurement", err)
+			}
+			pids.assertAllGone(t)
+			if !strings.Contains(stdout.String(), "| failed |") {
+				t.Errorf("no failed cell:\n%s", stdout.String())
+			}
+			raw, _ := os.ReadFile(filepath.Join(o.out, "raw.tsv"))
+			if !strings.Contains(string(raw), "connrate\thaka\t1\terror\t") {
+				t.Errorf("raw.tsv has no error line:\n%s", raw)
+			}
+		})
+	}
+}

@@ -172,10 +172,16 @@ func (s *supervisor) measure(ctx context.Context, name string, argv []string, ti
 		c.stop()
 		return nil, fmt.Errorf("no result after %v", timeout)
 	}
+	err = nil
 	if c.err != nil {
-		return out.Bytes(), fmt.Errorf("%w: %s", c.err, c.logTail())
+		err = fmt.Errorf("%w: %s", c.err, c.logTail())
 	}
-	return out.Bytes(), nil
+	// The result joins the child's log, for the record.
+	if f, ferr := os.OpenFile(c.logPath, os.O_WRONLY|os.O_APPEND, 0); ferr == nil {
+		f.Write(out.Bytes())
+		f.Close()
+	}
+	return out.Bytes(), err
 }
 
 // startWithReadyLine starts a child that prints one line on stdout once
