@@ -76,7 +76,7 @@ type compareOptions struct {
 func defaultCompareOptions() compareOptions {
 	return compareOptions{
 		reps:          3,
-		phases:        allPhases,
+		phases:        slices.Clone(allPhases),
 		configs:       []string{"direct", "hap1", "hap2", "splice", "haka"},
 		hakaArgs:      defaultHakaArgs,
 		streamBytes:   2 << 30,
