@@ -1,0 +1,416 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/nftcmd"
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/replaycmd"
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/rulescmd"
+	"github.com/hakaproxy/haka-proxy/proxy"
+	"github.com/hakaproxy/haka-proxy/rules/output"
+)
+
+// deps is what the commands take from the outside world; tests give
+// their own.
+type deps struct {
+	Stdout, Stderr io.Writer
+	// Signals subscribes to process signals; the returned function
+	// unsubscribes.
+	Signals func(sig ...os.Signal) (<-chan os.Signal, func())
+	// Ready, when set, is called once the proxy accepts connections,
+	// with its listener's address and the metrics server's (nil if none).
+	Ready func(listen, metrics net.Addr)
+}
+
+func defaultDeps() *deps {
+	return &deps{
+		Stdout: os.Stdout,
+		Stderr: os.Stderr,
+		Signals: func(sig ...os.Signal) (<-chan os.Signal, func()) {
+			// Room for two: the second SIGTERM cuts a drain short.
+			ch := make(chan os.Signal, 2)
+			signal.Notify(ch, sig...)
+			return ch, func() { signal.Stop(ch) }
+		},
+	}
+}
+
+// execute runs the command line args and returns the process exit code.
+func execute(args []string, d *deps) int {
+	cmd := newCmdRoot(d, nil)
+	cmd.SetArgs(args)
+	if err := cmd.Execute(); err != nil {
+		fmt.Fprintf(d.Stderr, "haka-proxy: %v\n", err)
+		if errors.As(err, new(usageError)) {
+			fmt.Fprintln(d.Stderr, "Run 'haka-proxy --help' for usage.")
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+// usageError is a mistake on the command line (unknown flag, bad value).
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// rootOptions are the proxy's settings; every field is a flag and a key
+// of the config file of the same name.
+type rootOptions struct {
+	Config    string
+	Listen    string
+	Upstream  string
+	Rules     string
+	LogLevel  string
+	LogFormat string
+	Alerts    string
+	Metrics   string
+
+	ProxyProtocolIn      bool
+	ProxyProtocolTrusted []string
+	ProxyProtocolTimeout time.Duration
+	ProxyProtocolOut     string
+
+	MaxConns         int
+	DialTimeout      time.Duration
+	HandshakeTimeout time.Duration
+	IdleTimeout      time.Duration
+	MaxHeldBytes     byteSize
+	DrainTimeout     time.Duration
+}
+
+const rootLong = `haka-proxy sits in front of a TLS service and inspects every connection
+without terminating TLS: it holds no keys and never decrypts. Each direction
+is parsed as TLS records and handshake messages, a state machine follows the
+protocol, and Lua rules can drop, reset, log or alert on a connection before
+the bytes that triggered them are forwarded. A Heartbleed request, or the
+server's leaking answer, never reaches the other side.
+
+Run without a subcommand, haka-proxy proxies: clients connect to --listen,
+each connection is forwarded to --upstream through the inspection. Every
+flag can also be set in a YAML file given with --config, under the same name
+(flags given on the command line win). On SIGTERM or SIGINT it stops
+accepting, lets open connections finish for --drain-timeout, then closes
+them; SIGHUP reloads the rules.`
+
+const rootExample = `  # Protect a local HTTPS service: clients connect to port 8443,
+  # the service itself listens on 127.0.0.1:443
+  haka-proxy --listen :8443 --upstream 127.0.0.1:443
+
+  # Your own rules, Prometheus metrics, alerts to a file
+  haka-proxy --listen :8443 --upstream 127.0.0.1:443 --rules ./rules \
+    --metrics 127.0.0.1:9100 --alerts /var/log/haka-proxy/alerts.json
+
+  # Behind a load balancer that sends PROXY protocol headers,
+  # telling the backend the real client address too
+  haka-proxy --listen :443 --upstream 10.0.0.5:443 --proxy-protocol-in \
+    --proxy-protocol-trusted 10.0.0.0/8 --proxy-protocol-out v2
+
+  # Everything from a file
+  haka-proxy --config configs/sidecar.yaml`
+
+// newCmdRoot is the haka-proxy command. runF replaces the proxy run in
+// tests; it gets the options once the config file is merged and checked.
+func newCmdRoot(d *deps, runF func(*rootOptions) error) *cobra.Command {
+	lim := proxy.DefaultLimits()
+	opts := &rootOptions{MaxHeldBytes: byteSize(lim.MaxHeldBytes)}
+	cmd := &cobra.Command{
+		Use:     "haka-proxy",
+		Short:   "A transparent proxy that inspects TLS without terminating it",
+		Long:    rootLong,
+		Example: rootExample,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("unknown command %q", args[0])}
+			}
+			return nil
+		},
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyConfigFile(cmd.Flags(), opts.Config); err != nil {
+				return err
+			}
+			if err := opts.validate(); err != nil {
+				return usageError{err}
+			}
+			if runF != nil {
+				return runF(opts)
+			}
+			return runRoot(cmd.Context(), d, opts)
+		},
+	}
+	cmd.SetOut(d.Stdout)
+	cmd.SetErr(d.Stderr)
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	cmd.CompletionOptions.HiddenDefaultCmd = true
+
+	f := cmd.Flags()
+	f.StringVar(&opts.Config, "config", "", "YAML `file` with the same keys as these flags")
+	f.StringVar(&opts.Listen, "listen", ":8443", "`address` clients connect to")
+	f.StringVar(&opts.Upstream, "upstream", "", "`host:port` of the service every connection is forwarded to (required)")
+	f.StringVar(&opts.Rules, "rules", "", "`directory` of Lua rule files (default: the built-in rules)")
+	f.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&opts.LogFormat, "log-format", "json", "log format: json or console")
+	f.StringVar(&opts.Alerts, "alerts", "-", "`file` the alerts and connection records are appended to, - for stdout")
+	f.StringVar(&opts.Metrics, "metrics", "", "`address` to serve Prometheus metrics on at /metrics (default: off)")
+	f.BoolVar(&opts.ProxyProtocolIn, "proxy-protocol-in", false, "read a PROXY protocol header (v1 or v2) from trusted sources")
+	f.StringSliceVar(&opts.ProxyProtocolTrusted, "proxy-protocol-trusted", nil, "`CIDRs` allowed (and required) to send a PROXY header; others are served on their own address and refused if they send one")
+	f.DurationVar(&opts.ProxyProtocolTimeout, "proxy-protocol-timeout", proxy.DefaultProxyProtocolTimeout, "how long to wait for the PROXY header")
+	f.StringVar(&opts.ProxyProtocolOut, "proxy-protocol-out", "", "send a PROXY protocol header to the upstream: v1 or v2 (default: none)")
+	f.IntVar(&opts.MaxConns, "max-conns", lim.MaxConns, "client connections open at once; more are refused")
+	f.DurationVar(&opts.DialTimeout, "dial-timeout", lim.DialTimeout, "upstream connect timeout")
+	f.DurationVar(&opts.HandshakeTimeout, "handshake-timeout", lim.HandshakeTimeout, "time a client has to send its whole opening message (ClientHello)")
+	f.DurationVar(&opts.IdleTimeout, "idle-timeout", lim.IdleTimeout, "close a connection after this long without a byte either way")
+	f.Var(&opts.MaxHeldBytes, "max-held-bytes", "bytes the inspection may hold back per direction (e.g. 524288, 512KiB, 1MiB); more drops the connection")
+	f.DurationVar(&opts.DrainTimeout, "drain-timeout", lim.DrainTimeout, "on SIGTERM, how long open connections may finish before they are closed")
+	f.SortFlags = false
+
+	// Subcommands: one line each.
+	cmd.AddCommand(newCmdVersion(d, nil))
+	cmd.AddCommand(nftcmd.New(nftcmd.DefaultOptions(), d.Stdout, d.Stderr))
+	cmd.AddCommand(replaycmd.New(&replaycmd.Options{}, d.Stdout, d.Stderr, replaycmd.PassThrough))
+	cmd.AddCommand(rulescmd.NewCmdRules())
+	return cmd
+}
+
+func (o *rootOptions) validate() error {
+	var errs []error
+	if o.Upstream == "" {
+		errs = append(errs, errors.New("--upstream is required: the host:port of the service to protect"))
+	} else if err := checkHostPort(o.Upstream); err != nil {
+		errs = append(errs, fmt.Errorf("--upstream %q: %w", o.Upstream, err))
+	}
+	if err := checkHostPort(o.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("--listen %q: %w", o.Listen, err))
+	}
+	if o.Metrics != "" {
+		if err := checkHostPort(o.Metrics); err != nil {
+			errs = append(errs, fmt.Errorf("--metrics %q: %w", o.Metrics, err))
+		}
+	}
+	if o.Rules != "" {
+		if err := checkRulesDir(o.Rules); err != nil {
+			errs = append(errs, fmt.Errorf("--rules: %w", err))
+		}
+	}
+	if _, err := zap.ParseAtomicLevel(o.LogLevel); err != nil || o.LogLevel == "" {
+		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.LogLevel))
+	}
+	if o.LogFormat != "json" && o.LogFormat != "console" {
+		errs = append(errs, fmt.Errorf("--log-format %q: want json or console", o.LogFormat))
+	}
+	if _, err := o.proxyProtocol(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func checkHostPort(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	if port == "" {
+		return errors.New("missing port")
+	}
+	return nil
+}
+
+func (o *rootOptions) proxyProtocol() (proxy.ProxyProtocol, error) {
+	pp := proxy.ProxyProtocol{In: o.ProxyProtocolIn, Timeout: o.ProxyProtocolTimeout}
+	for _, s := range o.ProxyProtocolTrusted {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return pp, fmt.Errorf("--proxy-protocol-trusted %q: not a CIDR or an address", s)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		pp.Trusted = append(pp.Trusted, p.Masked())
+	}
+	switch strings.ToLower(o.ProxyProtocolOut) {
+	case "", "none", "off":
+	case "v1", "1":
+		pp.Out = 1
+	case "v2", "2":
+		pp.Out = 2
+	default:
+		return pp, fmt.Errorf("--proxy-protocol-out %q: want v1 or v2", o.ProxyProtocolOut)
+	}
+	if pp.In && len(pp.Trusted) == 0 {
+		return pp, errors.New("--proxy-protocol-in needs --proxy-protocol-trusted: the sources allowed to send a PROXY header (0.0.0.0/0,::/0 trusts every source)")
+	}
+	if !pp.In && len(pp.Trusted) > 0 {
+		return pp, errors.New("--proxy-protocol-trusted is set but --proxy-protocol-in is not")
+	}
+	return pp, nil
+}
+
+func (o *rootOptions) limits() proxy.Limits {
+	return proxy.Limits{
+		MaxConns:         o.MaxConns,
+		DialTimeout:      o.DialTimeout,
+		HandshakeTimeout: o.HandshakeTimeout,
+		IdleTimeout:      o.IdleTimeout,
+		MaxHeldBytes:     int(o.MaxHeldBytes),
+		DrainTimeout:     o.DrainTimeout,
+	}
+}
+
+// runRoot runs the proxy until SIGTERM or SIGINT.
+func runRoot(ctx context.Context, d *deps, o *rootOptions) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	log, err := newLogger(o.LogLevel, o.LogFormat, d.Stderr)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+
+	var alertsOut io.Writer = d.Stdout
+	if o.Alerts != "" && o.Alerts != "-" {
+		f, err := os.OpenFile(o.Alerts, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return fmt.Errorf("--alerts: %w", err)
+		}
+		defer f.Close()
+		alertsOut = f
+	}
+	records := output.NewWriter(alertsOut, output.JSON)
+	metrics := proxy.NewMetrics()
+
+	factory, err := buildFactory(o.Rules, metrics, records, log)
+	if err != nil {
+		return err
+	}
+	pp, _ := o.proxyProtocol() // checked by validate
+	p, err := proxy.New(proxy.Config{
+		Upstream:      o.Upstream,
+		Factory:       factory,
+		Logger:        log,
+		Records:       records,
+		Metrics:       metrics,
+		Limits:        o.limits(),
+		ProxyProtocol: pp,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := proxy.Listen(ctx, o.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+
+	var metricsSrv *http.Server
+	var metricsAddr net.Addr
+	if o.Metrics != "" {
+		mln, err := net.Listen("tcp", o.Metrics)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("--metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", metrics.Handler())
+		// A scrape is one small request: 10s to send its headers is
+		// plenty, and bounds what a slow client can hold.
+		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		metricsAddr = mln.Addr()
+		go metricsSrv.Serve(mln)
+		defer metricsSrv.Close()
+	}
+
+	sigs, stopSignals := d.Signals(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer stopSignals()
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ln) }()
+
+	fields := []zap.Field{zap.Stringer("addr", ln.Addr()), zap.String("upstream", o.Upstream)}
+	if metricsAddr != nil {
+		fields = append(fields, zap.Stringer("metrics", metricsAddr))
+	}
+	if o.Rules != "" {
+		fields = append(fields, zap.String("rules", o.Rules))
+	}
+	log.Info("listening", fields...)
+	if d.Ready != nil {
+		d.Ready(ln.Addr(), metricsAddr)
+	}
+
+	for {
+		select {
+		case err := <-served:
+			return fmt.Errorf("serving %s: %w", o.Listen, err)
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				reload(p, o, metrics, records, log)
+				continue
+			}
+			return shutdown(p, o, sigs, served, log, sig)
+		}
+	}
+}
+
+// reload rebuilds the inspector factory from the rules; connections
+// accepted from now on use it. A broken rule set keeps the running one.
+func reload(p *proxy.Proxy, o *rootOptions, m *proxy.Metrics, records *output.Writer, log *zap.Logger) {
+	f, err := buildFactory(o.Rules, m, records, log)
+	if err != nil {
+		log.Error("reload failed; keeping the running rules", zap.Error(err))
+		return
+	}
+	p.SetFactory(f)
+	log.Info("rules reloaded", zap.String("rules", o.Rules))
+}
+
+// shutdown drains the proxy: a second signal drops what is left at once.
+func shutdown(p *proxy.Proxy, o *rootOptions, sigs <-chan os.Signal, served <-chan error, log *zap.Logger, sig os.Signal) error {
+	log.Info("shutting down: no new connections; open ones may finish",
+		zap.Stringer("signal", sig), zap.Int("open", p.Active()), zap.Duration("drain_timeout", o.DrainTimeout))
+	ctx, cancel := context.WithTimeout(context.Background(), o.DrainTimeout)
+	defer cancel()
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				if s == syscall.SIGHUP {
+					continue
+				}
+				log.Warn("second signal: dropping the open connections now", zap.Stringer("signal", s))
+				cancel()
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	if err := p.Shutdown(ctx); err != nil {
+		log.Warn("drain cut short; open connections were dropped", zap.Error(err))
+	}
+	if err := <-served; err != nil {
+		log.Error("serve", zap.Error(err))
+	}
+	log.Info("stopped")
+	return nil
+}

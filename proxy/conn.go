@@ -1,0 +1,556 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+	"go.uber.org/zap"
+
+	"github.com/hakaproxy/haka-proxy/dissect"
+	"github.com/hakaproxy/haka-proxy/proxy/inspect"
+	"github.com/hakaproxy/haka-proxy/rules/output"
+)
+
+// Rules named in the decisions the proxy itself takes, for the "rule"
+// field of logs and connection records ("file.lua:line" is a Lua rule,
+// "builtin:..." the state machine).
+const (
+	RuleUpstream         = "proxy:upstream"
+	RuleHandshakeTimeout = "proxy:handshake-timeout"
+	RuleIdleTimeout      = "proxy:idle-timeout"
+	RuleMaxHeldBytes     = "proxy:max-held-bytes"
+	RulePanic            = "proxy:panic"
+	RuleShutdown         = "proxy:shutdown"
+	RuleProxyProtocol    = "proxy:proxy-protocol"
+	RuleInspector        = "proxy:inspector"
+)
+
+// ruleBuiltinFail is the state machine's default verdict on malformed
+// input; it counts as an inspection error.
+const ruleBuiltinFail = "builtin:fail"
+
+// ppReadBufSize is the buffer the PROXY header is read with: it holds a
+// whole v1 line (107 bytes, which go-proxyproto requires in one buffer)
+// and a v2 header with small TLVs; larger TLVs are read in several
+// passes. The client bytes read past the header are handed to the pump.
+const ppReadBufSize = 256
+
+// past is a deadline in the past: setting it wakes a goroutine blocked on
+// the connection, which then looks at the connection's state.
+var past = time.Unix(1, 0)
+
+// conn is one proxied connection: the client socket, the upstream socket,
+// the inspector and the two pumps.
+type conn struct {
+	p      *Proxy
+	flow   inspect.Flow
+	client *net.TCPConn
+	insp   inspect.Inspector
+
+	// stopped is set once the connection must end (a killing verdict, an
+	// error, a timeout); pumps check it between steps and are woken by a
+	// deadline in the past.
+	stopped atomic.Bool
+	// bypassed is set by a Bypass verdict: pumps forward what they hold
+	// and splice from then on.
+	bypassed atomic.Bool
+	// helloDone lifts the handshake timeout.
+	helloDone atomic.Bool
+	// lastActive is the time of the last read either way, as an offset
+	// from flow.Start (monotonic).
+	lastActive atomic.Int64
+
+	mu         sync.Mutex
+	server     *net.TCPConn
+	upstream   string
+	cancelDial context.CancelFunc
+	decision   inspect.Decision // killing or bypass verdict
+	decided    bool             // decision holds a killing verdict: final
+	reason     string           // why it ended, when no verdict says
+	rst        bool             // close both sides with RST
+	refused    string           // metrics reason when refused before dialling
+
+	up, down dir
+	pumps    atomic.Int32 // pumps still running; the last one finishes
+}
+
+func (p *Proxy) newConn(tc *net.TCPConn) *conn {
+	c := &conn{
+		p:      p,
+		client: tc,
+		flow: inspect.Flow{
+			ID:    p.nextID.Add(1),
+			Src:   addrPort(tc.RemoteAddr()),
+			Dst:   addrPort(tc.LocalAddr()),
+			Start: time.Now(),
+		},
+	}
+	return c
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+// handle sets a connection up, starts the down pump on a goroutine of its
+// own and runs the up pump itself (one goroutine fewer to start and wake
+// per connection). Whichever pump ends last finishes the connection, so
+// that no goroutine waits just to clean up.
+func (p *Proxy) handle(c *conn) {
+	if p.metrics != nil {
+		p.metrics.ConnectionsActive.Inc()
+	}
+	if !c.serve() {
+		c.finish()
+		return
+	}
+	c.pump(&c.up, "up")
+}
+
+// serve sets the connection up and starts the down pump; it reports
+// false when the connection ended before the pumps could start.
+func (c *conn) serve() (started bool) {
+	defer c.recoverPanic("setup")
+	p := c.p
+	if p.cfg.ProxyProtocol.In && !c.readProxyHeader() {
+		return
+	}
+
+	insp, d := p.factory.Load().f.New(&c.flow, c.kill)
+	c.insp = insp
+	switch {
+	case d.Verdict.Kills():
+		c.refused = RefusedInspector
+		c.kill(d)
+		return
+	case insp == nil:
+		p.metrics.InspectionError()
+		c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: "inspector factory returned no inspector", Rule: RuleInspector})
+		return
+	case d.Verdict == inspect.Bypass:
+		c.bypass(d)
+	}
+	if c.stopped.Load() {
+		return
+	}
+
+	server := c.dial()
+	if server == nil {
+		return
+	}
+	if v := p.cfg.ProxyProtocol.Out; v != 0 {
+		if err := c.writeProxyHeader(server, v); err != nil {
+			c.abort(fmt.Sprintf("upstream: writing PROXY header: %v", err), true)
+			return
+		}
+	}
+	clientRaw, err := c.client.SyscallConn()
+	if err != nil {
+		c.abort(fmt.Sprintf("client: %v", err), true)
+		return
+	}
+	serverRaw, err := server.SyscallConn()
+	if err != nil {
+		c.abort(fmt.Sprintf("upstream: %v", err), true)
+		return
+	}
+	c.up.init(c, dissect.Up, c.client, server, clientRaw, serverRaw)
+	c.down.init(c, dissect.Down, server, c.client, serverRaw, clientRaw)
+
+	// The client has HandshakeTimeout from accept to send its opening
+	// message; then both sides have IdleTimeout between reads.
+	lim := &p.lim
+	first := lim.HandshakeTimeout
+	if c.helloDone.Load() {
+		first = lim.IdleTimeout
+	}
+	c.arm(c.client, c.flow.Start.Add(first))
+	c.arm(server, c.flow.Start.Add(lim.IdleTimeout))
+
+	c.pumps.Store(2)
+	go c.pump(&c.down, "down")
+	return true
+}
+
+func (c *conn) pump(d *dir, where string) {
+	defer func() {
+		if c.pumps.Add(-1) == 0 {
+			c.finish()
+		}
+	}()
+	defer c.recoverPanic(where)
+	d.run()
+}
+
+// dial connects to the upstream; on failure it ends the connection with
+// a reason naming the cause and returns nil.
+func (c *conn) dial() *net.TCPConn {
+	p := c.p
+	ctx, cancel := context.WithTimeout(context.Background(), p.lim.DialTimeout)
+	defer cancel()
+	c.mu.Lock()
+	if c.stopped.Load() {
+		c.mu.Unlock()
+		return nil
+	}
+	c.cancelDial = cancel
+	// Named in the log line even when the dial fails.
+	c.upstream = p.cfg.Upstream
+	if p.cfg.Dial != nil {
+		c.upstream = c.flow.Dst.String()
+	}
+	c.mu.Unlock()
+
+	server, err := p.dial(ctx, &c.flow)
+
+	c.mu.Lock()
+	c.cancelDial = nil
+	if err == nil {
+		c.server = server
+		c.upstream = server.RemoteAddr().String()
+	}
+	c.mu.Unlock()
+	if err != nil {
+		if c.stopped.Load() {
+			return nil // killed while dialling: the kill gave the reason
+		}
+		cause, text := dialCause(err)
+		p.metrics.dialError(cause)
+		c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: "upstream " + text + ": " + err.Error(), Rule: RuleUpstream})
+		return nil
+	}
+	if c.stopped.Load() {
+		// A kill raced with the dial: it may not have seen the server.
+		server.SetDeadline(past)
+		return nil
+	}
+	return server
+}
+
+// dialCause classifies a dial error: the metric label and the words for
+// the log line.
+func dialCause(err error) (label, text string) {
+	var dnsErr *net.DNSError
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return DialRefused, "refused"
+	case errors.Is(err, syscall.EHOSTUNREACH):
+		return DialNoRoute, "no route"
+	case errors.Is(err, syscall.ENETUNREACH):
+		return DialUnreachable, "network unreachable"
+	case errors.As(err, &dnsErr):
+		return DialResolve, "name resolution failed"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.Is(err, syscall.ETIMEDOUT):
+		return DialTimeout, "timeout"
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return DialTimeout, "timeout"
+	}
+	return DialOther, "dial failed"
+}
+
+// readProxyHeader applies the PROXY protocol policy (see ProxyProtocol);
+// it reports false when the connection was refused.
+func (c *conn) readProxyHeader() bool {
+	pp := &c.p.cfg.ProxyProtocol
+	trusted := pp.trusts(c.flow.Src.Addr())
+	br := bufio.NewReaderSize(c.client, ppReadBufSize)
+	hdr, err := proxyproto.ReadHeaderTimeout(c.client, br, pp.Timeout)
+	if c.stopped.Load() {
+		return false
+	}
+	switch {
+	case !trusted && err == nil:
+		c.refuseProxyProtocol("PROXY header from an untrusted source")
+		return false
+	case !trusted && !errors.Is(err, proxyproto.ErrNoProxyProtocol):
+		c.refuseProxyProtocol(fmt.Sprintf("untrusted source: %v", err))
+		return false
+	case trusted && errors.Is(err, proxyproto.ErrNoProxyProtocol):
+		b, _ := br.Peek(min(br.Buffered(), 16))
+		switch {
+		case len(b) == 0:
+			c.refuseProxyProtocol(fmt.Sprintf("no PROXY header within %s", pp.Timeout))
+		case bytes.HasPrefix(proxyproto.SIGV1, b[:min(len(b), len(proxyproto.SIGV1))]),
+			bytes.HasPrefix(proxyproto.SIGV2, b[:min(len(b), len(proxyproto.SIGV2))]):
+			c.refuseProxyProtocol(fmt.Sprintf("incomplete PROXY header within %s", pp.Timeout))
+		default:
+			c.refuseProxyProtocol(fmt.Sprintf("missing PROXY header: the stream starts with %q", b))
+		}
+		return false
+	case trusted && err != nil:
+		c.refuseProxyProtocol(fmt.Sprintf("malformed PROXY header: %v", err))
+		return false
+	case trusted && hdr.Command.IsProxy():
+		switch hdr.TransportProtocol {
+		case proxyproto.TCPv4, proxyproto.TCPv6:
+			src, _ := hdr.SourceAddr.(*net.TCPAddr)
+			dst, _ := hdr.DestinationAddr.(*net.TCPAddr)
+			if src == nil || dst == nil {
+				c.refuseProxyProtocol("PROXY header without TCP addresses")
+				return false
+			}
+			c.flow.Src = addrPort(src)
+			c.flow.Dst = addrPort(dst)
+		case proxyproto.UNSPEC:
+			// The sender does not know the addresses: keep the
+			// socket's, as the specification asks.
+		default:
+			c.refuseProxyProtocol(fmt.Sprintf("PROXY header announces a non-TCP transport (%#x)", byte(hdr.TransportProtocol)))
+			return false
+		}
+	}
+	// A LOCAL header (a load balancer's health check) keeps the socket's
+	// addresses.
+
+	// Bytes read past the header are the first bytes of the stream.
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		c.up.preload(c, b)
+	}
+	return true
+}
+
+func (c *conn) refuseProxyProtocol(reason string) {
+	c.refused = RefusedProxyProtocol
+	c.p.log.Warn("PROXY protocol: connection refused",
+		zap.Uint64("id", c.flow.ID), zap.String("src", c.flow.Src.String()), zap.String("reason", reason))
+	c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: "PROXY protocol: " + reason, Rule: RuleProxyProtocol})
+}
+
+func (c *conn) writeProxyHeader(server *net.TCPConn, version int) error {
+	h := proxyproto.HeaderProxyFromAddrs(byte(version),
+		net.TCPAddrFromAddrPort(c.flow.Src), net.TCPAddrFromAddrPort(c.flow.Dst))
+	b, err := h.Format()
+	if err != nil {
+		return err
+	}
+	_, err = server.Write(b)
+	return err
+}
+
+// kill ends the connection with a verdict; it is the kill function given
+// to Factory.New, safe from any goroutine and more than once. The first
+// killing decision wins. A non-killing verdict given here is taken as a
+// drop: kill always ends the connection.
+func (c *conn) kill(d inspect.Decision) {
+	if !d.Verdict.Kills() {
+		d.Verdict = inspect.Drop
+	}
+	c.mu.Lock()
+	if c.decided {
+		c.mu.Unlock()
+		return
+	}
+	c.decided = true
+	c.decision = d
+	c.rst = c.rst || d.Verdict == inspect.Reset
+	c.mu.Unlock()
+	c.stop()
+}
+
+// abort ends the connection without a verdict (an I/O error): reason goes
+// to the log line, rst resets both sides.
+func (c *conn) abort(reason string, rst bool) {
+	c.mu.Lock()
+	if !c.decided && c.reason == "" {
+		c.reason = reason
+	}
+	c.rst = c.rst || rst
+	c.mu.Unlock()
+	c.stop()
+}
+
+// stop marks the connection stopped and wakes whatever waits on it. It
+// never closes a socket: a pump may be inside a read callback holding
+// the descriptor, and net.Conn.Close would wait for it. The sockets are
+// closed by finish, once both pumps are out.
+func (c *conn) stop() {
+	c.stopped.Store(true)
+	c.mu.Lock()
+	server, cancel := c.server, c.cancelDial
+	c.mu.Unlock()
+	c.client.SetDeadline(past)
+	if server != nil {
+		server.SetDeadline(past)
+	}
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// bypass records a Bypass verdict and wakes both pumps so that they
+// forward what they hold and splice from then on. A later kill still
+// ends the connection.
+func (c *conn) bypass(d inspect.Decision) {
+	c.mu.Lock()
+	if !c.decided {
+		c.decision = d
+	}
+	server := c.server
+	c.mu.Unlock()
+	c.helloDone.Store(true)
+	if c.bypassed.Swap(true) {
+		return
+	}
+	c.client.SetReadDeadline(past)
+	if server != nil {
+		server.SetReadDeadline(past)
+	}
+}
+
+// arm sets a read deadline. The check after it closes the race with
+// stop: if stop's deadline in the past was overwritten, stopped is
+// already visible here and the past deadline is set again.
+func (c *conn) arm(tc *net.TCPConn, t time.Time) {
+	tc.SetReadDeadline(t)
+	if c.stopped.Load() {
+		tc.SetDeadline(past)
+	}
+}
+
+func (c *conn) touch(now time.Time) {
+	c.lastActive.Store(int64(now.Sub(c.flow.Start)))
+}
+
+func (c *conn) recoverPanic(where string) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	c.p.metrics.panicked()
+	c.p.log.Error("panic in a connection; resetting it",
+		zap.Uint64("id", c.flow.ID), zap.String("where", where),
+		zap.String("panic", fmt.Sprint(r)), zap.StackSkip("stack", 1))
+	c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: fmt.Sprintf("panic: %v", r), Rule: RulePanic})
+}
+
+// final is the verdict the connection ended with.
+func (c *conn) final() (inspect.Decision, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := c.decision
+	if !c.decided && d.Verdict != inspect.Bypass {
+		d = inspect.Decision{Verdict: inspect.Pass}
+	}
+	if d.Reason == "" {
+		d.Reason = c.reason
+	}
+	return d, c.rst
+}
+
+// finish closes both sockets, ends the inspection, and writes the
+// connection's log line, record and metrics.
+func (c *conn) finish() {
+	p := c.p
+	defer p.wg.Done()
+	d, rst := c.final()
+	c.mu.Lock()
+	server, upstream := c.server, c.upstream
+	c.mu.Unlock()
+	if rst {
+		c.client.SetLinger(0)
+		if server != nil {
+			server.SetLinger(0)
+		}
+	}
+	c.client.Close()
+	if server != nil {
+		server.Close()
+	}
+	c.up.release()
+	c.down.release()
+	// The slot is free once the sockets are: release it before the
+	// slower logging.
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	p.active.Add(-1)
+	p.metrics.closed()
+
+	sum := inspect.Summary{
+		BytesUp:   c.up.fwd,
+		BytesDown: c.down.fwd,
+		Duration:  time.Since(c.flow.Start),
+		Decision:  d,
+	}
+	info := c.closeInspector(sum)
+
+	if c.refused != "" {
+		p.metrics.refused(c.refused)
+	}
+	p.metrics.verdict(d.Verdict)
+	if d.Rule == ruleBuiltinFail {
+		p.metrics.InspectionError()
+	}
+	src, dst := c.flow.Src.String(), c.flow.Dst.String()
+	if ce := p.log.Check(zap.InfoLevel, "connection closed"); ce != nil {
+		ce.Write(
+			zap.Uint64("id", c.flow.ID),
+			zap.String("src", src),
+			zap.String("dst", dst),
+			zap.String("upstream", upstream),
+			zap.String("sni", info.SNI),
+			zap.String("version", info.Version),
+			zap.Int64("bytes_up", sum.BytesUp),
+			zap.Int64("bytes_down", sum.BytesDown),
+			zap.Duration("duration", sum.Duration),
+			zap.String("verdict", d.Verdict.String()),
+			zap.String("rule", d.Rule),
+			zap.String("reason", d.Reason),
+		)
+	}
+	if rec := p.cfg.Records; rec != nil {
+		err := rec.Connection(&output.Connection{
+			Time:      time.Now(),
+			Flow:      output.FlowRef{ID: c.flow.ID, Src: src, Dst: dst, SNI: info.SNI},
+			BytesUp:   sum.BytesUp,
+			BytesDown: sum.BytesDown,
+			Duration:  sum.Duration.Seconds(),
+			Verdict:   d.Verdict.String(),
+			Reason:    d.Reason,
+			Rule:      d.Rule,
+			Version:   info.Version,
+			ALPN:      info.ALPN,
+			JA3:       info.JA3,
+			JA4:       info.JA4,
+		})
+		if err != nil {
+			p.log.Error("writing connection record", zap.Uint64("id", c.flow.ID), zap.Error(err))
+		}
+	}
+}
+
+// closeInspector reads Info and calls Close, containing a panic in either.
+func (c *conn) closeInspector(sum inspect.Summary) (info inspect.Info) {
+	if c.insp == nil {
+		return info
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			c.p.metrics.panicked()
+			c.p.log.Error("panic while closing the inspector",
+				zap.Uint64("id", c.flow.ID), zap.String("panic", fmt.Sprint(r)), zap.StackSkip("stack", 1))
+		}
+	}()
+	info = c.insp.Info()
+	c.insp.Close(sum)
+	return info
+}
