@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/hakaproxy/haka-proxy/internal/pcaptest"
+	"github.com/hakaproxy/haka-proxy/proxy/inspect"
 	"github.com/hakaproxy/haka-proxy/proxy/replay"
 )
 
@@ -105,6 +106,51 @@ func TestCaptures(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			got, _, _ := replayCapture(t, filepath.Join(root, name), func(*Session) *recorder { return &recorder{} })
 			golden(t, goldenName(name), []byte("# "+name+"\n"+got))
+		})
+	}
+}
+
+// The Heartbleed captures with the stock rule's decisions: each is
+// dropped, and the replay forwards nothing of the request (nor, in
+// heartbleed-success.pcap, of the server's leaking response).
+func TestCapturesHeartbleedDropped(t *testing.T) {
+	root, _ := sharedCaptures(t)
+	for _, c := range []struct {
+		name   string
+		reason string
+	}{
+		{"zeek/heartbleed.pcap", "heartbleed: heartbeat_overflow"},
+		{"zeek/heartbleed-success.pcap", "heartbleed: heartbeat_overflow"},
+		{"zeek/heartbleed-encrypted.pcap", "heartbleed: heartbeat_before_application_data"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// A first pass without rules finds where the heartbeats are.
+			var at [2]int64
+			_, _, recs := replayCapture(t, filepath.Join(root, c.name), func(*Session) *recorder {
+				r := &recorder{}
+				r.check = func(ev *Event) {
+					if ev.ID == EvHeartbeat && at[ev.Dir] == 0 {
+						at[ev.Dir] = ev.Offset
+					}
+				}
+				return r
+			})
+			if len(recs) != 1 || at[0] == 0 {
+				t.Fatalf("no heartbeat up found (%d streams)", len(recs))
+			}
+			_, stats, _ := replayCapture(t, filepath.Join(root, c.name), func(*Session) *recorder {
+				return &recorder{verdict: heartbleedRule}
+			})
+			st := stats[0]
+			if st.Decision.Verdict != inspect.Drop || st.Decision.Reason != c.reason {
+				t.Errorf("decision %+v, want a drop for %q", st.Decision, c.reason)
+			}
+			if st.Forwarded[0] != at[0] {
+				t.Errorf("%d bytes up forwarded, want the %d before the heartbeat", st.Forwarded[0], at[0])
+			}
+			if at[1] != 0 && st.Forwarded[1] > at[1] {
+				t.Errorf("%d bytes down forwarded, the response starts at %d", st.Forwarded[1], at[1])
+			}
 		})
 	}
 }
