@@ -1,6 +1,7 @@
 package tlssm
 
 import (
+	"runtime"
 	"testing"
 	"time"
 
@@ -176,4 +177,35 @@ func BenchmarkMachineEvent(b *testing.B) {
 			b.Fatal("not delivered")
 		}
 	})
+}
+
+// The memory an established, idle connection keeps: the Session, its
+// record layer and machine instance, after the handshake's scratch is
+// released.
+func BenchmarkSessionFootprint(b *testing.B) {
+	c := newConv()
+	tls12(c)
+	f, err := NewFactory(Options{NoTimers: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const n = 1000
+	var before, after runtime.MemStats
+	keep := make([]inspect.Inspector, n)
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range keep {
+		insp, _ := f.New(&inspect.Flow{Start: t0}, nil)
+		for _, r := range c.reads {
+			insp.Feed(r.dir, r.data, t0)
+		}
+		keep[i] = insp
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(keep)
+	for b.Loop() {
+	}
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/conn")
+	b.ReportMetric(0, "ns/op")
 }

@@ -159,6 +159,7 @@ func (g *grammar) parse(s *Session, smDir sm.Direction, in *Input) (Param, error
 			return Param{}, err
 		}
 	case KindSSLv2Hello:
+		s.messages = true
 		if err := s.hello.UnmarshalSSLv2(u.SSLv2.Body); err != nil {
 			return Param{}, err
 		}
@@ -258,6 +259,7 @@ func (s *Session) parseMessage(d dissect.Direction, u *dissect.Unit, t dissect.H
 	}
 	body := m.Body
 	v := s.conn.Version()
+	s.messages = true
 	var err error
 	switch t {
 	case dissect.MsgHelloRequest:

@@ -104,6 +104,8 @@ type Session struct {
 	// ev is the Event being raised: one at a time (the machine defines no
 	// transition on its registered events, so Trigger delivers at once).
 	ev Event
+	// messages: hello or cert was parsed during this call.
+	messages bool
 	// chainAnoms are the certificates a handler's Chain call found
 	// invalid, raised once it returns.
 	chainAnoms []dissect.Anomaly
@@ -188,9 +190,24 @@ func (f *Factory) New(flow *inspect.Flow, kill func(inspect.Decision)) (inspect.
 func (s *Session) Feed(d dissect.Direction, pending []byte, now time.Time) inspect.Result {
 	s.mu.Lock()
 	res := s.feed(d&1, pending, now)
+	s.release(d & 1)
 	s.armTimer()
 	s.mu.Unlock()
 	return res
+}
+
+// release lets go of every reference into the pump's buffer, which the
+// pump may give back to its pool once the call returns (an idle
+// connection then holds none).
+func (s *Session) release(d dissect.Direction) {
+	h := &s.dirs[d]
+	h.unit, h.in = dissect.Unit{}, Input{}
+	if s.messages {
+		s.messages = false
+		// Their slices reference the buffer; their own slices are small.
+		s.hello = dissect.ClientHello{}
+		s.cert = dissect.Certificate{}
+	}
 }
 
 func (s *Session) feed(d dissect.Direction, pending []byte, now time.Time) inspect.Result {
@@ -208,8 +225,6 @@ func (s *Session) feed(d dissect.Direction, pending []byte, now time.Time) inspe
 	}
 	base := s.conn.Offset(d) - int64(h.consumed)
 	clear := s.cleared(d, base)
-	// The unit references pending until the next call: the pump's
-	// buffer, which lives as long as the connection anyway.
 	u := &h.unit
 	for {
 		var n int
@@ -347,6 +362,7 @@ func (s *Session) framingError(d dissect.Direction, err error) {
 func (s *Session) EOF(d dissect.Direction, pending []byte, now time.Time) inspect.Result {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.armTimer()
 	d &= 1
 	h := &s.dirs[d]
 	s.advance(now)
@@ -363,7 +379,6 @@ func (s *Session) EOF(d dissect.Direction, pending []byte, now time.Time) inspec
 	}
 	clear := min(s.cleared(d, s.conn.Offset(d)-int64(h.consumed)), len(pending))
 	h.consumed, h.pendingLen = 0, 0
-	s.armTimer()
 	if s.decided {
 		res := s.settled(pending)
 		if res.Decision.Verdict.Kills() {
@@ -381,6 +396,7 @@ func (s *Session) EOF(d dissect.Direction, pending []byte, now time.Time) inspec
 func (s *Session) Gap(d dissect.Direction, n int, now time.Time) inspect.Result {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.armTimer()
 	d &= 1
 	h := &s.dirs[d]
 	s.advance(now)
