@@ -477,7 +477,8 @@ func (s *Session) FlowInfo() FlowInfo { return FlowInfo{Info: s.Info(), State: s
 func (s *Session) Flow() inspect.Flow { return s.flow }
 
 // Anomalies implements replay.AnomalyLister: the anomalies found, each name
-// and direction once, in the order first found.
+// and direction once, in the order first found. It takes the Session's
+// lock: a Handler must not call it.
 func (s *Session) Anomalies() []dissect.Anomaly {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -485,7 +486,7 @@ func (s *Session) Anomalies() []dissect.Anomaly {
 }
 
 // Decision returns the decision taken so far, zero while the connection
-// passes.
+// passes. It takes the Session's lock: a Handler must not call it.
 func (s *Session) Decision() inspect.Decision {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -10,6 +10,19 @@ import (
 
 	"github.com/hakaproxy/haka-proxy/dissect"
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
+	"github.com/hakaproxy/haka-proxy/proxy/replay"
+)
+
+// What the pump, the replay and the rules engine need of a Session.
+var (
+	_ inspect.Factory      = (*Factory)(nil)
+	_ inspect.Inspector    = (*Session)(nil)
+	_ replay.GapHandler    = (*Session)(nil)
+	_ replay.AnomalyLister = (*Session)(nil)
+	_ interface {
+		Info() inspect.Info
+		State() string
+	} = (*Session)(nil) // rules.FlowInfo
 )
 
 // newSession returns a Session of a factory built with opts, and the
