@@ -23,6 +23,7 @@ import (
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/rulescmd"
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/smcmd"
 	"github.com/hakaproxy/haka-proxy/proxy"
+	"github.com/hakaproxy/haka-proxy/rules"
 	"github.com/hakaproxy/haka-proxy/rules/output"
 )
 
@@ -82,6 +83,10 @@ type rootOptions struct {
 	LogFormat string
 	Alerts    string
 	Metrics   string
+
+	// RuleErrorPolicy is what a rule that fails does to its connection:
+	// "drop" or "pass".
+	RuleErrorPolicy string
 
 	ProxyProtocolIn      bool
 	ProxyProtocolTrusted []string
@@ -167,6 +172,7 @@ func newCmdRoot(d *deps, runF func(*rootOptions) error) *cobra.Command {
 	f.StringVar(&opts.Listen, "listen", ":8443", "`address` clients connect to")
 	f.StringVar(&opts.Upstream, "upstream", "", "`host:port` of the service every connection is forwarded to (required)")
 	f.StringVar(&opts.Rules, "rules", "", "`directory` of Lua rule files (default: the built-in rules)")
+	f.StringVar(&opts.RuleErrorPolicy, "rule-error-policy", rules.PolicyDrop.String(), "what a rule that fails (an error, its deadline) does to its connection: drop or pass")
 	f.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&opts.LogFormat, "log-format", "json", "log format: json or console")
 	f.StringVar(&opts.Alerts, "alerts", "-", "`file` the alerts and connection records are appended to, - for stdout")
@@ -186,7 +192,7 @@ func newCmdRoot(d *deps, runF func(*rootOptions) error) *cobra.Command {
 	// Subcommands: one line each.
 	cmd.AddCommand(newCmdVersion(d, nil))
 	cmd.AddCommand(nftcmd.New(nftcmd.DefaultOptions(), d.Stdout, d.Stderr))
-	cmd.AddCommand(replaycmd.New(&replaycmd.Options{}, d.Stdout, d.Stderr, replaycmd.PassThrough))
+	cmd.AddCommand(replaycmd.New(&replaycmd.Options{}, d.Stdout, d.Stderr, replayFactory))
 	cmd.AddCommand(rulescmd.NewCmdRules())
 	cmd.AddCommand(eventscmd.New(d.Stdout))
 	cmd.AddCommand(smcmd.New(d.Stdout))
@@ -212,6 +218,9 @@ func (o *rootOptions) validate() error {
 		if err := checkRulesDir(o.Rules); err != nil {
 			errs = append(errs, fmt.Errorf("--rules: %w", err))
 		}
+	}
+	if _, err := rules.ParseErrorPolicy(o.RuleErrorPolicy); err != nil {
+		errs = append(errs, fmt.Errorf("--rule-error-policy: %w", err))
 	}
 	if _, err := zap.ParseAtomicLevel(o.LogLevel); err != nil || o.LogLevel == "" {
 		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.LogLevel))
@@ -305,10 +314,11 @@ func runRoot(ctx context.Context, d *deps, o *rootOptions) error {
 	records := output.NewWriter(alertsOut, output.JSON)
 	metrics := proxy.NewMetrics()
 
-	factory, err := buildFactory(o.Rules, metrics, records, log)
+	factory, err := buildFactory(o.inspection(), metrics, records, log)
 	if err != nil {
 		return err
 	}
+	defer factory.Close()
 	pp, _ := o.proxyProtocol() // checked by validate
 	p, err := proxy.New(proxy.Config{
 		Upstream:      o.Upstream,
@@ -368,7 +378,7 @@ func runRoot(ctx context.Context, d *deps, o *rootOptions) error {
 			return fmt.Errorf("serving %s: %w", o.Listen, err)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				reload(p, o, metrics, records, log)
+				reload(factory, log)
 				continue
 			}
 			return shutdown(p, o, sigs, served, log, sig)
@@ -376,16 +386,21 @@ func runRoot(ctx context.Context, d *deps, o *rootOptions) error {
 	}
 }
 
-// reload rebuilds the inspector factory from the rules; connections
-// accepted from now on use it. A broken rule set keeps the running one.
-func reload(p *proxy.Proxy, o *rootOptions, m *proxy.Metrics, records *output.Writer, log *zap.Logger) {
-	f, err := buildFactory(o.Rules, m, records, log)
-	if err != nil {
+// inspection returns the options of buildFactory.
+func (o *rootOptions) inspection() inspectionOptions {
+	policy, _ := rules.ParseErrorPolicy(o.RuleErrorPolicy) // checked by validate
+	return inspectionOptions{Rules: o.Rules, ErrorPolicy: policy}
+}
+
+// reload loads the rules again; connections accepted from now on use
+// them, those in flight keep theirs. A broken rule set keeps the running
+// one (the engine logs each mistake at its file and line).
+func reload(f *inspection, log *zap.Logger) {
+	if err := f.Reload(); err != nil {
 		log.Error("reload failed; keeping the running rules", zap.Error(err))
 		return
 	}
-	p.SetFactory(f)
-	log.Info("rules reloaded", zap.String("rules", o.Rules))
+	log.Info("rules reloaded", zap.String("rules", f.from))
 }
 
 // shutdown drains the proxy: a second signal drops what is left at once.

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hakaproxy/haka-proxy/internal/pcaptest"
+)
+
+// runningProxy is the root command running in this process, its signals
+// injected and its outputs captured.
+type runningProxy struct {
+	addr   string
+	sigs   chan os.Signal
+	exited chan int
+	out    *syncBuffer // alerts and connection records
+	errOut *syncBuffer // logs
+	logs   chan string
+}
+
+// startProxy runs `haka-proxy args...` with --listen 127.0.0.1:0 and
+// returns once it listens; SIGTERM ends it when the test does.
+func startProxy(t *testing.T, args ...string) *runningProxy {
+	t.Helper()
+	d, out, errOut := testDeps()
+	rp := &runningProxy{sigs: make(chan os.Signal, 2), exited: make(chan int, 1), out: out, errOut: errOut,
+		logs: make(chan string, 1024)}
+	d.Stderr = teeLines{errOut, rp.logs}
+	d.Signals = func(...os.Signal) (<-chan os.Signal, func()) { return rp.sigs, func() {} }
+	ready := make(chan net.Addr, 1)
+	d.Ready = func(l, _ net.Addr) { ready <- l }
+	go func() { rp.exited <- execute(append([]string{"--listen", "127.0.0.1:0"}, args...), d) }()
+	select {
+	case a := <-ready:
+		rp.addr = a.String()
+	case code := <-rp.exited:
+		t.Fatalf("exited %d: %s", code, errOut)
+	case <-time.After(waitFor):
+		t.Fatal("not ready")
+	}
+	t.Cleanup(func() {
+		rp.sigs <- syscall.SIGTERM
+		select {
+		case code := <-rp.exited:
+			if code != 0 {
+				t.Errorf("exit %d: %s", code, errOut)
+			}
+		case <-time.After(waitFor):
+			t.Error("did not exit on SIGTERM")
+		}
+	})
+	return rp
+}
+
+// records returns the JSON records written so far.
+func (rp *runningProxy) records(t *testing.T) []map[string]any {
+	t.Helper()
+	var recs []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(rp.out.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("record %q: %v", line, err)
+		}
+		recs = append(recs, m)
+	}
+	return recs
+}
+
+// connRecord waits for the connection record of the client connection c.
+func (rp *runningProxy) connRecord(t *testing.T, c net.Conn) map[string]any {
+	t.Helper()
+	src := c.LocalAddr().String()
+	deadline := time.Now().Add(waitFor)
+	for {
+		for _, r := range rp.records(t) {
+			if f, _ := r["flow"].(map[string]any); r["type"] == "connection" && f["src"] == src {
+				return r
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection record for %s:\n%s", src, rp.out)
+		}
+		// The record is written when the proxy has closed both sides,
+		// which the client cannot observe: poll, bounded.
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// writeRuleDir writes the rule files into a fresh directory.
+func writeRuleDir(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, src := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// SIGHUP swaps the rule set: connections accepted afterwards run the new
+// rules, a connection in flight keeps the rules it started with, and a
+// broken set is refused with its mistakes at their file and line while
+// the running set stays.
+func TestSIGHUPReloadsTheRules(t *testing.T) {
+	echo := echoServer(t)
+	ruleSet := func(v string) string {
+		return `haka.rule{ on = tls.events.record, eval = function(flow, rec) flow:log("` + v + ` " .. rec.type) end }` + "\n"
+	}
+	dir := writeRuleDir(t, map[string]string{"v.lua": ruleSet("v1")})
+	rp := startProxy(t, "--upstream", echo.addr, "--rules", dir)
+
+	old := echo.dial(t, rp.addr)
+	roundTrip(t, old, "before")
+	waitLine(t, rp.logs, `"msg":"v1 application_data"`)
+
+	os.WriteFile(filepath.Join(dir, "v.lua"), []byte(ruleSet("v2")), 0o644)
+	rp.sigs <- syscall.SIGHUP
+	waitLine(t, rp.logs, `"msg":"rules reloaded"`)
+	roundTrip(t, old, "after")
+	waitLine(t, rp.logs, `"msg":"v1 application_data"`)
+	c := echo.dial(t, rp.addr)
+	roundTrip(t, c, "new")
+	waitLine(t, rp.logs, `"msg":"v2 application_data"`)
+
+	os.WriteFile(filepath.Join(dir, "v.lua"), []byte("-- a typo\n\nhaka.rule{ on = tls.events.record, evla = function() end }\n"), 0o644)
+	rp.sigs <- syscall.SIGHUP
+	waitLine(t, rp.logs, `"msg":"reload failed; keeping the running rules"`)
+	if !strings.Contains(rp.errOut.String(), `v.lua:3: haka.rule: unknown key \"evla\"`) {
+		t.Errorf("the refused set's mistake is not logged at its line:\n%s", rp.errOut)
+	}
+	c = echo.dial(t, rp.addr)
+	roundTrip(t, c, "still v2")
+	waitLine(t, rp.logs, `"msg":"v2 application_data"`)
+}
+
+// The replay runs the same inspection as the proxy, the stock rules by
+// default: the Heartbleed captures are dropped by heartbleed.lua, a
+// normal session passes.
+func TestReplayRunsTheStockRules(t *testing.T) {
+	var files []string
+	for _, name := range []string{"zeek/heartbleed.pcap", "zeek/heartbleed-encrypted.pcap", "zeek/tls1.2.pcap"} {
+		p, err := pcaptest.Path(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("shared capture missing: %v", err)
+		}
+		files = append(files, p)
+	}
+	d, out, errOut := testDeps()
+	if code := execute(append([]string{"replay"}, files...), d); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var verdicts, alerts []string
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		rule, _ := m["rule"].(string)
+		switch m["type"] {
+		case "alert":
+			alerts = append(alerts, m["action"].(string)+" "+strings.Split(rule, ":")[0])
+		case "connection":
+			verdicts = append(verdicts, m["verdict"].(string)+" "+strings.Split(rule, ":")[0])
+		}
+	}
+	if got, want := strings.Join(verdicts, ","), "drop heartbleed.lua,drop heartbleed.lua,pass "; got != want {
+		t.Errorf("verdicts %s, want %s\n%s", got, want, out)
+	}
+	if got, want := strings.Join(alerts, ","), "drop heartbleed.lua,drop heartbleed.lua"; got != want {
+		t.Errorf("alerts %s, want %s\n%s", got, want, out)
+	}
+	// A rule error policy the replay does not know is refused.
+	d, _, errOut = testDeps()
+	if code := execute([]string{"replay", "--rule-error-policy", "maybe", files[0]}, d); code == 0 ||
+		!strings.Contains(errOut.String(), `--rule-error-policy: unknown rule error policy "maybe"`) {
+		t.Errorf("exit %d: %s", code, errOut)
+	}
+}
