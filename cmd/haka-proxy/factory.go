@@ -35,7 +35,8 @@ type inspectionOptions struct {
 type inspection struct {
 	*tlssm.Factory
 	engine *rules.Engine
-	from   string
+	// from says where the rules come from, for logs.
+	from string
 }
 
 // buildFactory makes the inspector factory from the rules o names. It is
@@ -72,15 +73,15 @@ func buildFactory(o inspectionOptions, m *proxy.Metrics, alerts *output.Writer, 
 		engine.Close()
 		return nil, err
 	}
-	from := o.Rules
-	if from == "" {
-		from = "stock rules"
+	from := "the stock rules"
+	if o.Rules != "" {
+		from = "the rules of " + o.Rules
 	}
 	return &inspection{Factory: f, engine: engine, from: from}, nil
 }
 
 // String names the inspection for the "listening" line.
-func (i *inspection) String() string { return "tls with rules from " + i.from }
+func (i *inspection) String() string { return "TLS inspection with " + i.from }
 
 // Reload loads the rule set again (SIGHUP): connections accepted from now
 // on use the new set, those in flight keep theirs. A set with mistakes
@@ -102,6 +103,16 @@ func replayFactory(in replaycmd.Inspection) (inspect.Factory, error) {
 		return nil, err
 	}
 	f, err := buildFactory(inspectionOptions{Rules: in.Rules, ErrorPolicy: policy, NoTimers: true}, nil, in.Alerts, log)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// demoFactory is the demo's BuildFactory: the proxy's inspection with the
+// stock rules.
+func demoFactory(alerts *output.Writer, log *zap.Logger) (inspect.Factory, error) {
+	f, err := buildFactory(inspectionOptions{}, nil, alerts, log)
 	if err != nil {
 		return nil, err
 	}

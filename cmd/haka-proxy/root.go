@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/democmd"
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/eventscmd"
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/nftcmd"
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/replaycmd"
@@ -196,6 +197,7 @@ func newCmdRoot(d *deps, runF func(*rootOptions) error) *cobra.Command {
 	cmd.AddCommand(rulescmd.NewCmdRules())
 	cmd.AddCommand(eventscmd.New(d.Stdout))
 	cmd.AddCommand(smcmd.New(d.Stdout))
+	cmd.AddCommand(democmd.New(d.Stdout, d.Stderr, demoFactory))
 	return cmd
 }
 

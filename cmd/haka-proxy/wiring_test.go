@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -188,4 +189,71 @@ func TestReplayRunsTheStockRules(t *testing.T) {
 		!strings.Contains(errOut.String(), `--rule-error-policy: unknown rule error policy "maybe"`) {
 		t.Errorf("exit %d: %s", code, errOut)
 	}
+}
+
+// `haka-proxy demo`, the README's first command, as a process: it exits 0
+// and its report says what happened, with the records as --alerts writes
+// them.
+func TestDemo(t *testing.T) {
+	bin := buildBinary(t)
+	cmd := exec.Command(bin, "demo")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("demo: %v\nstdout:\n%s\nstderr:\n%s", err, &stdout, &stderr)
+	}
+	took := time.Since(start)
+	report := stdout.String()
+	for _, want := range []string{
+		"proxy    127.0.0.1:", "TLS inspection with the stock rules",
+		"  TLS 1.3 client        exchange ok: TLS1.3, 24 bytes echoed\n",
+		"  TLS 1.2 client        exchange ok: TLS1.2, 24 bytes echoed\n",
+		"  cleartext Heartbleed  connection dropped\n",
+		"rule    heartbleed.lua:",
+		"alert   heartbleed: heartbeat payload_length larger than its record (high, on the anomaly event)\n",
+		"server  0 heartbeat(s) reached it",
+		"  encrypted Heartbleed  connection dropped\n",
+		"alert   heartbleed: encrypted heartbeat response longer than the request (high, on the heartbeat event)\n",
+		"server  1 heartbeat(s) reached it",
+		"Without haka-proxy, the same attacks against the server leak 16408 bytes (cleartext) and 16005 bytes (encrypted).",
+		"\nOK: ",
+	} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if n := strings.Count(report, "leak    0 bytes reached the attacker\n"); n != 2 {
+		t.Errorf("%d attacks report no leak, want 2", n)
+	}
+	var alerts, conns int
+	for _, line := range strings.Split(report, "\n") {
+		if !strings.HasPrefix(line, "{") {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Errorf("record %q: %v", line, err)
+		}
+		switch m["type"] {
+		case "alert":
+			alerts++
+			if m["action"] != "drop" || !strings.HasPrefix(m["rule"].(string), "heartbleed.lua:") || m["event"] == "" {
+				t.Errorf("alert %s", line)
+			}
+		case "connection":
+			conns++
+		}
+	}
+	if alerts != 2 || conns != 4 {
+		t.Errorf("%d alerts and %d connection records, want 2 and 4", alerts, conns)
+	}
+	if stderr.Len() > 0 {
+		t.Errorf("the demo logged:\n%s", &stderr)
+	}
+	if t.Failed() {
+		t.Logf("report:\n%s", report)
+	}
+	t.Logf("the demo took %v", took)
 }
