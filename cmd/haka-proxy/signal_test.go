@@ -113,6 +113,7 @@ func (p *proc) wait(t *testing.T) {
 // tlsEcho is a TLS echo server for the proxy to stand in front of: the
 // proxy inspects TLS, and drops what is not.
 type tlsEcho struct {
+	*tlspeer.Backend
 	addr string
 	// cfg is a client configuration that trusts it.
 	cfg *tls.Config
@@ -131,7 +132,7 @@ func echoServer(t *testing.T) *tlsEcho {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	return &tlsEcho{addr: b.Addr(), cfg: &tls.Config{RootCAs: pool, ServerName: "echo.test"}}
+	return &tlsEcho{Backend: b, addr: b.Addr(), cfg: &tls.Config{RootCAs: pool, ServerName: "echo.test"}}
 }
 
 // dial connects to the proxy at addr and completes a TLS handshake with
