@@ -67,6 +67,11 @@ func (o *rootOptions) validateGateway() []error {
 		if _, err := nft.Ruleset(c); err != nil {
 			errs = append(errs, err)
 		}
+		// An IPv4 socket gets no IPv6 connection: the rules would hand
+		// them to nobody, and the reject rule would refuse them all.
+		if host, _, _ := net.SplitHostPort(o.Listen); host == "0.0.0.0" && c.IPv6 {
+			errs = append(errs, fmt.Errorf("--listen %q listens on IPv4 only but the rules intercept IPv6 too: use --listen :%d, or --no-ipv6", o.Listen, c.ListenPort))
+		}
 	}
 	return errs
 }

@@ -340,6 +340,30 @@ func TestGatewayEndToEnd(t *testing.T) {
 				p.waitConn(t, fam.client, netip.AddrPortFrom(fam.server, sServerPort))
 			}
 
+			// A client that connects to the transparent listener itself
+			// (not through the interception) is refused, rather than
+			// the proxy dialling itself over and over.
+			// The reset may come before or after connect returns.
+			self := netip.AddrPortFrom(l.topo.RouterClientIPv4, 15001)
+			if err := l.topo.Client.Do(func() error {
+				c, err := net.DialTimeout("tcp", self.String(), waitFor)
+				if err != nil {
+					return nil
+				}
+				defer c.Close()
+				_ = c.SetReadDeadline(time.Now().Add(waitFor))
+				if n, err := c.Read(make([]byte, 1)); err == nil {
+					return fmt.Errorf("got %d bytes", n)
+				}
+				return nil
+			}); err != nil {
+				t.Errorf("a connection to the listener itself: %v", err)
+			}
+			if line := p.waitConn(t, l.topo.ClientIPv4, self); line["verdict"] != "reset" ||
+				!strings.Contains(fmt.Sprint(line["reason"]), "is the transparent listener itself") {
+				t.Errorf("connection to the listener itself: %v", line)
+			}
+
 			for _, fam := range l.families() {
 				t.Run("heartbleed/"+fam.name, func(t *testing.T) {
 					l.heartbleed(t, p, ready, fam)

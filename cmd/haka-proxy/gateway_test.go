@@ -69,6 +69,10 @@ func TestGatewayFlags(t *testing.T) {
 		t.Errorf("nftables config\n%+v\nwant\n%+v", got, want)
 	}
 
+	// An IPv4 listener is fine when only IPv4 is intercepted.
+	if _, err := parse(t, "--tproxy", "--nft", "--listen", "0.0.0.0:15001", "--no-ipv6"); err != nil {
+		t.Errorf("IPv4 listener, IPv4 rules: %v", err)
+	}
 	// Without --tproxy the default listener stays :8443.
 	if o, err := parse(t, "--upstream", "127.0.0.1:443"); err != nil || o.Listen != ":8443" {
 		t.Errorf("plain proxy: listen %q, %v", o.Listen, err)
@@ -92,6 +96,7 @@ func TestGatewayCommandLineErrors(t *testing.T) {
 		{[]string{"--tproxy", "--listen", "127.0.0.1:15001"}, "must listen on every address"},
 		{[]string{"--tproxy", "--listen", "192.0.2.1:15001", "--nft"}, "use --listen :15001"},
 		{[]string{"--tproxy", "--listen", ":0"}, `port "0" is not 1-65535`},
+		{[]string{"--tproxy", "--nft", "--listen", "0.0.0.0:15001"}, "listens on IPv4 only but the rules intercept IPv6 too: use --listen :15001, or --no-ipv6"},
 		{[]string{"--tproxy", "--listen", "15001"}, "missing port in address"},
 		{[]string{"--tproxy", "--proxy-protocol-in", "--proxy-protocol-trusted", "10.0.0.0/8"}, "--proxy-protocol-in and --tproxy exclude each other"},
 		{[]string{"--tproxy", "--nft", "--nft-ports", "443,15001"}, "the listen port 15001 is also an intercepted port: choose another --listen port, or leave 15001 out of --nft-ports"},
