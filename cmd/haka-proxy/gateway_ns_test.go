@@ -303,9 +303,13 @@ func TestGatewayEndToEnd(t *testing.T) {
 			router := l.topo.Router
 			before := snapshot(t, router)
 
-			args := []string{"run", "--tproxy", "--nft", "--nft-ports", fmt.Sprintf("%d,%d,%d", sServerPort, peerPort, backendPort)}
+			ports := fmt.Sprintf("%d,%d,%d", sServerPort, peerPort, backendPort)
+			// Without spoofing, from configs/gateway.yaml (the command
+			// line wins: the servers' ports, and records on stdout
+			// rather than in /var/log); with it, from flags alone.
+			args := []string{"run", "--config", filepath.Join(repoRoot(t), "configs", "gateway.yaml"), "--alerts", "-", "--nft-ports", ports}
 			if spoof {
-				args = append(args, "--spoof-source")
+				args = []string{"run", "--tproxy", "--nft", "--nft-ports", ports, "--spoof-source"}
 			}
 			p := launch(t, router.Command(context.Background(), l.bin, args...))
 			applied := p.waitLog(t, "nftables rules applied")
@@ -362,6 +366,14 @@ func TestGatewayEndToEnd(t *testing.T) {
 			if line := p.waitConn(t, l.topo.ClientIPv4, self); line["verdict"] != "reset" ||
 				!strings.Contains(fmt.Sprint(line["reason"]), "is the transparent listener itself") {
 				t.Errorf("connection to the listener itself: %v", line)
+			}
+
+			if !spoof {
+				// configs/gateway.yaml serves metrics on 127.0.0.1:9090.
+				m := router.Run(t, "curl", "-sS", "--max-time", fmt.Sprint(int(waitFor.Seconds())), "http://127.0.0.1:9090/metrics")
+				if !strings.Contains(m, "haka_proxy_connections_total 7") {
+					t.Errorf("metrics after 7 connections:\n%s", m)
+				}
 			}
 
 			for _, fam := range l.families() {
