@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -21,8 +22,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/nftcmd"
 	"github.com/hakaproxy/haka-proxy/internal/netnstest"
 	"github.com/hakaproxy/haka-proxy/internal/tlspeer"
 )
@@ -645,37 +648,96 @@ func TestGatewayWithoutPrivileges(t *testing.T) {
 	}
 }
 
-// TestGatewayPanicRemovesRules: a panic once the rules are in removes
-// them on its way out (the run command in process, in a namespace, with a
-// readiness hook that panics).
-func TestGatewayPanicRemovesRules(t *testing.T) {
+// TestGatewayExitPaths runs the run command in process, in a namespace,
+// through the exits the binary cannot be driven to from outside: a panic
+// once the rules are in, a SIGTERM that arrives during the start, and
+// rules that cannot be installed once the listener is open.
+func TestGatewayExitPaths(t *testing.T) {
 	netnstest.RequireRoot(t)
 	netnstest.RequireTool(t, "nft", "ip")
-	ns := netnstest.New(t, "panic")
-	before := snapshot(t, ns)
-	d, _, errOut := testDeps()
-	d.Signals = func(...os.Signal) (<-chan os.Signal, func()) { return make(chan os.Signal), func() {} }
-	var during string
-	d.Ready = func(net.Addr, net.Addr) {
-		during = ns.Run(t, "nft", "list", "table", "inet", "haka")
-		panic("boom")
-	}
-	var recovered any
-	func() {
-		defer func() { recovered = recover() }()
-		_ = ns.Do(func() error {
-			execute([]string{"run", "--tproxy", "--nft", "--listen", ":16002"}, d)
-			return nil
-		})
-	}()
-	if recovered != "boom" {
-		t.Fatalf("recovered %v, want the panic to go through", recovered)
-	}
-	if !strings.Contains(during, "tproxy") {
-		t.Fatalf("the rules were not in place while the proxy ran:\n%s", during)
-	}
-	if !strings.Contains(errOut.String(), `"msg":"nftables rules removed"`) {
-		t.Errorf("no removal logged:\n%s", errOut)
-	}
-	snapshot(t, ns).diff(t, before, "after the panic")
+	const listen = ":16002"
+	args := []string{"run", "--tproxy", "--nft", "--listen", listen}
+
+	t.Run("panic", func(t *testing.T) {
+		ns := netnstest.New(t, "panic")
+		before := snapshot(t, ns)
+		d, _, errOut := testDeps()
+		d.Signals = func(...os.Signal) (<-chan os.Signal, func()) { return make(chan os.Signal), func() {} }
+		var during string
+		d.Ready = func(net.Addr, net.Addr) {
+			during = ns.Run(t, "nft", "list", "table", "inet", "haka")
+			panic("boom")
+		}
+		var recovered any
+		func() {
+			defer func() { recovered = recover() }()
+			_ = ns.Do(func() error {
+				execute(args, d)
+				return nil
+			})
+		}()
+		if recovered != "boom" {
+			t.Fatalf("recovered %v, want the panic to go through", recovered)
+		}
+		if !strings.Contains(during, "tproxy") {
+			t.Fatalf("the rules were not in place while the proxy ran:\n%s", during)
+		}
+		if !strings.Contains(errOut.String(), `"msg":"nftables rules removed"`) {
+			t.Errorf("no removal logged:\n%s", errOut)
+		}
+		snapshot(t, ns).diff(t, before, "after the panic")
+	})
+
+	t.Run("SIGTERM during the start", func(t *testing.T) {
+		ns := netnstest.New(t, "early")
+		before := snapshot(t, ns)
+		d, _, errOut := testDeps()
+		// The signal is there before the proxy has subscribed, let alone
+		// installed anything: it must still take the normal exit.
+		sigs := make(chan os.Signal, 1)
+		sigs <- syscall.SIGTERM
+		d.Signals = func(...os.Signal) (<-chan os.Signal, func()) { return sigs, func() {} }
+		var code int
+		if err := ns.Do(func() error { code = execute(args, d); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if code != 0 {
+			t.Fatalf("exit %d:\n%s", code, errOut)
+		}
+		logs := errOut.String()
+		for _, want := range []string{"nftables rules applied", "listening", "shutting down", "nftables rules removed", "stopped"} {
+			i := strings.Index(logs, `"msg":"`+want)
+			if i < 0 {
+				t.Fatalf("no %q line:\n%s", want, logs)
+			}
+			logs = logs[i:]
+		}
+		snapshot(t, ns).diff(t, before, "after the exit")
+	})
+
+	t.Run("rules fail after the listener opened", func(t *testing.T) {
+		ns := netnstest.New(t, "norules")
+		d, _, errOut := testDeps()
+		d.Signals = func(...os.Signal) (<-chan os.Signal, func()) { return make(chan os.Signal), func() {} }
+		fail := errors.New("--nft: injected failure")
+		d.WithNFT = func(nftcmd.Options, *zap.Logger, func() error) error { return fail }
+		var code int
+		if err := ns.Do(func() error { code = execute(args, d); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if code != 1 || !strings.Contains(errOut.String(), fail.Error()) {
+			t.Fatalf("exit %d, want 1 and the error:\n%s", code, errOut)
+		}
+		// The transparent listener was closed: the port is free again
+		// (a listener still open would make this bind fail).
+		if err := ns.Do(func() error {
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			return ln.Close()
+		}); err != nil {
+			t.Errorf("the listener was left open: %v", err)
+		}
+	})
 }
