@@ -8,8 +8,10 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 
+	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/nftcmd"
@@ -295,5 +297,26 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	if o, err := parse(t, args...); err != nil || !o.TProxy || !o.NFT {
 		t.Fatalf("ExecStart %q: %+v, %v", exec, o, err)
+	}
+}
+
+// The --nft-* flags without --nft are said to do nothing, not silently
+// ignored: the operator may believe the ports are intercepted.
+func TestNFTFlagsWithoutNFT(t *testing.T) {
+	d, _, errOut := testDeps()
+	sigs := make(chan os.Signal, 1)
+	sigs <- syscall.SIGTERM
+	d.Signals = func(...os.Signal) (<-chan os.Signal, func()) { return sigs, func() {} }
+	d.WithNFT = func(nftcmd.Options, *zap.Logger, func() error) error {
+		t.Error("rules installed without --nft")
+		return nil
+	}
+	code := execute([]string{"--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--nft-ports", "8443", "--no-ipv6"}, d)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, errOut)
+	}
+	if !strings.Contains(errOut.String(), `"msg":"nftables settings have no effect without --nft`) ||
+		!strings.Contains(errOut.String(), `"ignored":["--nft-ports","--no-ipv6"]`) {
+		t.Errorf("no warning naming the flags:\n%s", errOut)
 	}
 }

@@ -149,6 +149,7 @@ const rootExample = `  # Protect a local HTTPS service: clients connect to port 
   haka-proxy run --tproxy --nft --spoof-source
 
   # Everything from a file
+  haka-proxy --config configs/sidecar.yaml
   haka-proxy run --config configs/gateway.yaml`
 
 // newCmdRoot is the haka-proxy command: the run command, with the other
