@@ -17,9 +17,11 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/eventscmd"
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/nftcmd"
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/replaycmd"
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/rulescmd"
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/smcmd"
 	"github.com/hakaproxy/haka-proxy/proxy"
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
 	"github.com/hakaproxy/haka-proxy/rules/output"
@@ -174,6 +176,8 @@ func newCmdRoot(d *deps, runF func(*rootOptions) error) *cobra.Command {
 	cmd.AddCommand(nftcmd.New(nftcmd.DefaultOptions(), d.Stdout, d.Stderr))
 	cmd.AddCommand(replaycmd.New(&replaycmd.Options{}, d.Stdout, d.Stderr, replaycmd.PassThrough))
 	cmd.AddCommand(rulescmd.NewCmdRules())
+	cmd.AddCommand(eventscmd.New(d.Stdout))
+	cmd.AddCommand(smcmd.New(d.Stdout))
 	return cmd
 }
 
