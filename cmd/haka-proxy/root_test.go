@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/nftcmd"
 )
 
 const waitFor = 20 * time.Second
@@ -85,6 +87,8 @@ func TestHelp(t *testing.T) {
 		"--listen", "--upstream", "--rules", "--rule-error-policy", "--config", "--log-level", "--log-format", "--alerts", "--metrics",
 		"--proxy-protocol-in", "--proxy-protocol-trusted", "--proxy-protocol-timeout", "--proxy-protocol-out",
 		"--max-conns", "--dial-timeout", "--handshake-timeout", "--idle-timeout", "--max-held-bytes", "--drain-timeout",
+		"--tproxy", "--spoof-source", "--nft", "--nft-ports", "--nft-iface", "--nft-mark", "--nft-route-table",
+		"--ipv6", "--nft-fail-open", "haka-proxy run --tproxy --nft", "run ",
 	} {
 		if !strings.Contains(help, want) {
 			t.Errorf("--help lacks %q", want)
@@ -190,7 +194,9 @@ drain-timeout: 7s
 		ProxyProtocolTimeout: 2 * time.Second, ProxyProtocolOut: "v1",
 		MaxConns: 60, DialTimeout: time.Second, HandshakeTimeout: 3 * time.Second, IdleTimeout: time.Minute,
 		MaxHeldBytes: 1 << 20, DrainTimeout: 7 * time.Second,
+		NFTOptions: nftcmd.DefaultOptions(),
 	}
+	want.NFTOptions.Listen = want.Listen
 	if !equalOptions(*o, want) {
 		t.Fatalf("options\n got %+v\nwant %+v", *o, want)
 	}
@@ -200,11 +206,18 @@ drain-timeout: 7s
 	}
 }
 
+// equalOptions compares options, an empty list equal to none.
 func equalOptions(a, b rootOptions) bool {
-	if strings.Join(a.ProxyProtocolTrusted, ",") != strings.Join(b.ProxyProtocolTrusted, ",") {
-		return false
+	for _, l := range [][2]*[]string{
+		{&a.ProxyProtocolTrusted, &b.ProxyProtocolTrusted},
+		{&a.nftFlagsGiven, &b.nftFlagsGiven},
+		{&a.NFTOptions.Interfaces, &b.NFTOptions.Interfaces},
+	} {
+		if strings.Join(*l[0], ",") != strings.Join(*l[1], ",") {
+			return false
+		}
+		*l[0], *l[1] = nil, nil
 	}
-	a.ProxyProtocolTrusted, b.ProxyProtocolTrusted = nil, nil
 	return reflect.DeepEqual(a, b)
 }
 
