@@ -35,8 +35,8 @@ type inspectionOptions struct {
 type inspection struct {
 	*tlssm.Factory
 	engine *rules.Engine
-	// from says where the rules come from, for logs.
-	from string
+	// dir is the rule directory, "" for the stock rules.
+	dir string
 }
 
 // buildFactory makes the inspector factory from the rules o names. It is
@@ -73,15 +73,24 @@ func buildFactory(o inspectionOptions, m *proxy.Metrics, alerts *output.Writer, 
 		engine.Close()
 		return nil, err
 	}
-	from := "the stock rules"
-	if o.Rules != "" {
-		from = "the rules of " + o.Rules
-	}
-	return &inspection{Factory: f, engine: engine, from: from}, nil
+	return &inspection{Factory: f, engine: engine, dir: o.Rules}, nil
 }
 
 // String names the inspection for the "listening" line.
-func (i *inspection) String() string { return "TLS inspection with " + i.from }
+func (i *inspection) String() string {
+	if i.dir == "" {
+		return "TLS inspection with the stock rules"
+	}
+	return "TLS inspection with the rules of " + i.dir
+}
+
+// rules names the rule set for logs: its directory, or "stock".
+func (i *inspection) rules() string {
+	if i.dir == "" {
+		return "stock"
+	}
+	return i.dir
+}
 
 // Reload loads the rule set again (SIGHUP): connections accepted from now
 // on use the new set, those in flight keep theirs. A set with mistakes

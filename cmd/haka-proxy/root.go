@@ -502,7 +502,7 @@ func reload(f *inspection, log *zap.Logger) {
 		log.Error("reload failed; keeping the running rules", zap.Error(err))
 		return
 	}
-	log.Info("rules reloaded", zap.String("rules", f.from))
+	log.Info("rules reloaded", zap.String("rules", f.rules()))
 }
 
 // shutdown drains the proxy: a second signal drops what is left at once.

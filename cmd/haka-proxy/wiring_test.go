@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hakaproxy/haka-proxy/internal/pcaptest"
+	"github.com/hakaproxy/haka-proxy/internal/tlspeer"
 )
 
 // runningProxy is the root command running in this process, its signals
@@ -256,4 +257,56 @@ func TestDemo(t *testing.T) {
 		t.Logf("report:\n%s", report)
 	}
 	t.Logf("the demo took %v", took)
+}
+
+// The rule example of the README's Rules section loads, and does what the
+// README says: a client offering the heartbeat extension is dropped with
+// an alert, and every connection gets its log line.
+func TestReadmeRuleExample(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join(repoRoot(t), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "```lua\n-- example.lua")
+	example, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("no example.lua in the README")
+	}
+	echo := echoServer(t)
+	dir := writeRuleDir(t, map[string]string{"example.lua": "-- example.lua" + example})
+	rp := startProxy(t, "--upstream", echo.addr, "--rules", dir)
+
+	c := echo.dial(t, rp.addr)
+	roundTrip(t, c, "no heartbeat offered")
+	c.Close()
+	if rec := rp.connRecord(t, c); rec["verdict"] != "pass" {
+		t.Errorf("connection record %v", rec)
+	}
+	hb, err := net.Dial("tcp", rp.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb.Write(tlspeer.ClientHello12("echo.test", true))
+	hb.SetReadDeadline(time.Now().Add(waitFor))
+	if n, err := hb.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("the heartbeat offer got %d bytes back, %v", n, err)
+	}
+	hb.Close()
+	rec := rp.connRecord(t, hb)
+	if rec["verdict"] != "drop" || rec["reason"] != "heartbeat extension offered" || rec["rule"] != "example.lua:3" {
+		t.Errorf("connection record %v", rec)
+	}
+	alerts := rp.alertRecords(t)
+	if len(alerts) != 1 || alerts[0]["description"] != "heartbeat extension offered to echo.test" || alerts[0]["action"] != "drop" {
+		t.Errorf("alerts %v", alerts)
+	}
+	logs := 0
+	for _, l := range rp.errOut.lines() {
+		if l["rule"] == "example.lua:17" && strings.Contains(str(l["msg"]), " to echo.test: ") {
+			logs++
+		}
+	}
+	if logs != 2 {
+		t.Errorf("%d connection lines from the example, want 2:\n%s", logs, rp.errOut)
+	}
 }
