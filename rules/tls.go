@@ -20,10 +20,14 @@ import (
 //
 // A parameter is valid during its event only: the Event it reads, and the
 // handshake messages behind it, belong to the Session and to the proxy's
-// buffer. A rule that keeps a parameter (in flow.data or a global) and
-// reads a field it had not read before once the event is over gets an
-// error telling it to copy what it keeps; fields read during the event
-// stay readable.
+// buffer. Fields read during the event stay readable. A rule that keeps a
+// parameter (in flow.data or a global) and reads a field it had not read
+// before gets an error telling it to copy what it keeps — once the event
+// is over, and from another connection's evaluation — except during a
+// later event of the same kind on the same connection (the second
+// ClientHello after a HelloRetryRequest), where it reads that event's
+// value: a parameter carries no identity of its own, which would cost an
+// allocation per event.
 type TLSHandler struct {
 	flow *Flow
 	// ev is the event being evaluated, nil between events. It is read
