@@ -39,6 +39,11 @@
 // 1.3 early data — and parses a message with the parser of package
 // dissect for its type. A unit the state does not allow comes out as
 // KindUnexpected, a unit that does not parse as an error (parse_error).
+// Bytes the record layer cannot frame are a record anomaly and then a
+// parse_error, except as the very first bytes of a direction when the
+// other direction has not framed a record either: the connection never
+// spoke TLS (SSH, HTTP, ... on the port), and the parse_error is a
+// *NotTLSError whose message starts with "not TLS", without the anomaly.
 //
 // The choice between composite elements and `any` defaults is both, each
 // for what it does best. Elements are composite: one per state and

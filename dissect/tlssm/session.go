@@ -44,6 +44,38 @@ const (
 	AnomalyHeartbeatNotNegotiated = "heartbeat_not_negotiated"
 )
 
+// notTLSHead is how many of a stream's first bytes a *NotTLSError quotes,
+// by the record layer's error: the bytes the record layer must hold before
+// it rejects them that way, so that the message does not depend on how
+// the bytes were split into reads. A text protocol (SSH, HTTP, SMTP, ...)
+// always fails on its content type, once 4 bytes are there to rule out
+// an SSLv2 header: "SSH-", "GET ", "220 " name it.
+var notTLSHead = map[string]int{
+	dissect.AnomalyInvalidRecordType:    4,
+	dissect.AnomalyInvalidRecordVersion: 3,
+	dissect.AnomalyInvalidRecordLength:  dissect.HeaderLen,
+	dissect.AnomalyInvalidSSLv2Header:   2,
+}
+
+// NotTLSError is the parse error of a connection that does not speak TLS
+// at all: the first bytes of a direction are not a TLS or SSLv2 record,
+// and the other direction framed no record before them. Its message starts
+// with "not TLS", which rules may match in parse_error's err.message.
+type NotTLSError struct {
+	Direction dissect.Direction
+	// Head is the start of the bytes (notTLSHead).
+	Head []byte
+	// Err is the record layer's error on them.
+	Err *dissect.RecordError
+}
+
+func (e *NotTLSError) Error() string {
+	return fmt.Sprintf("not TLS: the %s's first bytes %q are not a TLS or SSLv2 record (%s)",
+		peer(e.Direction), e.Head, e.Err.Anomaly.Detail)
+}
+
+func (e *NotTLSError) Unwrap() error { return e.Err }
+
 // maxAnomaliesListed bounds the anomalies a Session keeps for
 // Anomalies (the connection line): each distinct name and direction is
 // kept once, and a stream that finds more than this many kinds of
@@ -232,7 +264,7 @@ func (s *Session) feed(d dissect.Direction, pending []byte, now time.Time) inspe
 		*u, n, err = s.conn.Next(d, pending[h.consumed:])
 		if err != nil {
 			clear = s.cleared(d, base)
-			s.framingError(d, err)
+			s.framingError(d, err, pending[h.consumed:])
 			break
 		}
 		if u.Kind != dissect.UnitMessage {
@@ -339,15 +371,26 @@ func (s *Session) unit(d dissect.Direction, u *dissect.Unit) {
 }
 
 // framingError feeds the machine the error that stopped d's record layer:
-// the element of any state turns it into parse_error.
-func (s *Session) framingError(d dissect.Direction, err error) {
+// the element of any state turns it into parse_error. buf starts at the
+// bytes that could not be framed.
+//
+// When they are the first bytes of d and the other direction has not
+// framed a record either, the connection never spoke TLS: it is another
+// protocol on the port (SSH, HTTP, ...), reported as the parse error
+// *NotTLSError rather than as an anomaly of a TLS record.
+func (s *Session) framingError(d dissect.Direction, err error, buf []byte) {
 	var off int64
 	var re *dissect.RecordError
 	if errors.As(err, &re) {
 		off = re.Offset
-		s.anomaly(re.Anomaly, off)
-		if s.decided {
-			return
+		if off == 0 && s.conn.Offset(d.Opposite()) == 0 {
+			n := min(len(buf), notTLSHead[re.Anomaly.Name])
+			err = &NotTLSError{Direction: d, Head: bytes.Clone(buf[:n]), Err: re}
+		} else {
+			s.anomaly(re.Anomaly, off)
+			if s.decided {
+				return
+			}
 		}
 	}
 	h := &s.dirs[d]
