@@ -96,14 +96,7 @@ func checkInvariants(t *testing.T, streams []*StreamStats, lines []output.Connec
 
 func sharedCapture(t *testing.T, name string) string {
 	t.Helper()
-	p, err := pcaptest.Path(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("shared capture missing: %v", err)
-	}
-	return p
+	return capturePath(t, name)
 }
 
 func payloadOf(n int, seed byte) []byte {

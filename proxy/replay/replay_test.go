@@ -30,7 +30,7 @@ func replayFile(t *testing.T, path string, opts Options) ([]*StreamStats, Stats,
 	return streams, st, err
 }
 
-// damagedCaptures are the shared captures known to be damaged part way.
+// damagedCaptures are the captures known to be damaged part way.
 var damagedCaptures = map[string]bool{
 	"suricata-verify/bug-1450-04/tls_DER-incomplete-header.pcap": true,
 }
