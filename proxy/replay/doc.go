@@ -28,7 +28,15 @@
 // for Options.ReorderWindow of packet time (or until a per-stream or total
 // memory bound is reached, or the capture ends); the hole is then a gap of
 // that direction (see GapHandler). A half whose first bytes were not
-// captured (no SYN) starts at its first segment.
+// captured (no SYN) starts at its first segment with data, FIN or RST (a
+// bare ACK captured ahead of the SYN does not anchor it).
+//
+// A stream whose start was not captured (no SYN of either side before its
+// first bytes) is not inspected, as Suricata's default stream.midstream
+// false: its first bytes may be the middle of a TLS session or of a
+// record, which no inspector can judge. Its bytes are forwarded unseen
+// and its connection line names the anomaly "midstream".
+// Options.Midstream inspects such streams all the same.
 //
 // The client is the sender of the SYN (or the receiver of the SYN-ACK);
 // without a captured handshake, the side of a well-known port (below 1024,

@@ -45,6 +45,15 @@ type Options struct {
 	// idle stream before the end of its capture. It is at least the
 	// reorder window.
 	IdleTimeout time.Duration
+	// Midstream inspects the streams whose start was not captured (no
+	// SYN either way before their first bytes), as Suricata's
+	// stream.midstream does. Their first bytes are then shown to the
+	// inspector as if the connection began there, although they may be
+	// the middle of a TLS session or of a record, which the TLS machine
+	// takes for malformed or unexpected input. By default such a stream
+	// is not inspected: its bytes are forwarded unseen and its
+	// connection line names the anomaly "midstream".
+	Midstream bool
 	// OnStream, if set, is given the final figures of each stream once no
 	// later packet can belong to it: its 4-tuple was reused, it idled
 	// out, or its capture ended. It is called on the replaying goroutine.

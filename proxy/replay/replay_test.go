@@ -49,7 +49,9 @@ func TestCapturesMatchTshark(t *testing.T) {
 				t.Fatalf("%s is not in %s: run with -update", name, goldenPath)
 			}
 			rec := &recorder{}
-			streams, st, err := replayFile(t, filepath.Join(root, name), Options{Factory: rec})
+			// Midstream: tls13-ech's first stream was caught after its
+			// start, and the reassembly of all of it is compared.
+			streams, st, err := replayFile(t, filepath.Join(root, name), Options{Factory: rec, Midstream: true})
 			var dmg *DamagedError
 			if damagedCaptures[name] {
 				if !errors.As(err, &dmg) {

@@ -143,8 +143,9 @@ func TestReplayGoodCaptures(t *testing.T) {
 		}
 	}
 	// 3 + 7 streams; every one with bytes raised its alert before its
-	// line (ssl_version_negated's first stream is a lone SYN).
-	if conns != 10 || alerts != 9 {
+	// line, but for ssl_version_negated's first stream, a lone SYN, and
+	// tls13-ech's first, caught after its start and so not inspected.
+	if conns != 10 || alerts != 8 {
 		t.Fatalf("%d connections, %d alerts:\n%s", conns, alerts, stdout)
 	}
 	seen := map[float64]bool{}
