@@ -76,7 +76,7 @@ var Events = [NumEvents]EventSpec{
 		{"ja3s_hash", "string", "JA3S MD5, hex"},
 	}, "a complete ServerHello"},
 	EvCertificate: {EvCertificate, "certificate", "cert", []Field{
-		{"chain", "list of {subject=, issuer=, serial=, sans=, not_before=, not_after=, sha256=}", "the certificates, leaf first"},
+		{"chain", "list of {subject=, issuer=, serial=, sans=, not_before=, not_after=, sha256=, error=}", "the certificates, leaf first; error is set when crypto/x509 rejects one"},
 	}, "a cleartext Certificate message"},
 	EvHandshake: {EvHandshake, "handshake", "msg", []Field{
 		{"type", "string", `message name, e.g. "client_key_exchange"`},
@@ -107,6 +107,7 @@ var Events = [NumEvents]EventSpec{
 		{"version", "string", `record version, e.g. "TLS1.2"`},
 		{"length", "number", "record length"},
 		{"direction", "string", `"up" or "down"`},
+		{"encrypted", "bool", "the record was sent after its direction switched to encryption"},
 	}, "every record header (only dispatched when hooked)"},
 	EvAnomaly: {EvAnomaly, "anomaly", "a", []Field{
 		{"name", "string", "stable anomaly name"},
@@ -122,6 +123,8 @@ var Events = [NumEvents]EventSpec{
 		{"bytes_down", "number", "bytes forwarded server to client"},
 		{"duration", "number", "seconds"},
 		{"verdict", "string", `"pass", "drop", "reset" or "bypass"`},
+		{"reason", "string", "why the connection ended that way, when known"},
+		{"rule", "string", "what decided the verdict, when something did"},
 	}, "the connection closed"},
 }
 
