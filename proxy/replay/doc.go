@@ -17,8 +17,16 @@
 // LINKTYPE_IPV4/IPV6) and BSD loopback (DLT_NULL, DLT_LOOP). A pcapng may
 // mix interfaces of different link types. Frames of another link type are
 // skipped and reported as a *LinkTypeError. IPv4 and IPv6 fragments are
-// reassembled (gopacket's ip4defrag and ip6defrag). A file that cannot be read to its end gives a
-// *DamagedError after everything before the damage has been replayed.
+// reassembled (gopacket's ip4defrag and ip6defrag). A file that cannot be
+// read to its end gives a *DamagedError after everything before the damage
+// has been replayed.
+//
+// Frames are read and decoded on a goroutine of their own, ahead of the
+// reassembly, and handed over in order: a second core takes that third
+// of the work, and the output is the same. A classic pcap file is read in
+// place, its bytes going from the file straight into the buffers the
+// frames are sliced from. From a pipe (a live tcpdump), frames are handed
+// over as soon as they are read.
 //
 // # Streams
 //

@@ -192,26 +192,30 @@ func (r *Replayer) Replay(rd io.Reader) (Stats, error) {
 		}
 	}
 	ru := newRun(r)
+	frames := startReader(src)
 	var readErr error
-	for {
-		off := src.offset()
-		data, ci, link, err := src.next()
-		if err == io.EOF {
-			break
+batches:
+	for b := range frames.out {
+		for i := range b.frames {
+			ru.packet(&b.frames[i])
+			if ru.werr != nil {
+				break batches
+			}
 		}
-		if err != nil {
-			readErr = &DamagedError{Packets: ru.stats.Packets, Offset: off, Err: err}
-			break
+		if b.err != nil && b.err != io.EOF {
+			readErr = &DamagedError{Packets: ru.stats.Packets, Offset: b.errOff, Err: b.err}
 		}
-		ru.packet(data, ci, link)
-		if ru.werr != nil {
-			break
-		}
+		frames.recycle(b)
 	}
-	if ru.werr == nil {
-		ru.end()
+	if ru.werr != nil {
+		// Nothing more can be shown: the reader is told to stop, but
+		// not waited for, as it may be blocked reading a pipe.
+		frames.abandon()
+		return ru.stats, fmt.Errorf("%w: %w", ErrOutput, ru.werr)
 	}
-	ru.stats.Fragments, ru.stats.Defragmented = ru.dec.fragments, ru.dec.defragmented
+	frames.wait()
+	ru.end()
+	ru.stats.Fragments, ru.stats.Defragmented = frames.dec.fragments, frames.dec.defragmented
 	if ru.werr != nil {
 		return ru.stats, fmt.Errorf("%w: %w", ErrOutput, ru.werr)
 	}
