@@ -19,8 +19,8 @@ const (
 	// and little enough to stay in a core's cache.
 	batchBytes = 256 << 10
 	// batchFrames bounds the frames of a batch of small frames (bare
-	// ACKs). A batch's frames are allocated once, at this capacity, so
-	// that a frame never moves: its segment points into it.
+	// ACKs, 4000 of which would fit in batchBytes): a batch is handed
+	// over at least every 512 frames.
 	batchFrames = 512
 	// batchesAhead is how many batches the reader may fill before the
 	// replay has used them: 4 MiB, a few milliseconds of the replay's
@@ -157,12 +157,12 @@ func (r *reader) fill(b *batch) bool {
 		b.buf, b.errOff, err = p.fill(b.buf, func(rec pcapRecord) bool {
 			b.frames = append(b.frames, frame{})
 			r.decode(&b.frames[len(b.frames)-1], rec.data, rec.ts, rec.wireLength, p.link)
-			return len(b.frames) < cap(b.frames) && !r.stopped()
+			return len(b.frames) < cap(b.frames)
 		})
 		b.err = err
 		return err != nil
 	}
-	for len(b.frames) < cap(b.frames) && !r.stopped() {
+	for len(b.frames) < cap(b.frames) {
 		data, ci, link, err := r.src.next()
 		if err != nil {
 			b.err, b.errOff = err, -1
@@ -189,16 +189,6 @@ func (r *reader) fill(b *batch) bool {
 		}
 	}
 	return false
-}
-
-// stopped reports that the replay stopped listening.
-func (r *reader) stopped() bool {
-	select {
-	case <-r.stop:
-		return true
-	default:
-		return false
-	}
 }
 
 // decode decodes data into f.
