@@ -93,7 +93,7 @@ func lint(st *state, protos []*lua.FunctionProto) LoadErrors {
 		if assigned[u.name] || globals.RawGetString(u.name) != lua.LNil || seen[u] {
 			continue
 		}
-		if u.machine && (machineVocabulary[u.name] || st.lsm.reported[LoadError{File: u.file, Line: u.line, Msg: u.name}]) {
+		if u.machine && (machineVocabulary[u.name] || st.lsm.reported[LoadError{File: u.file, Msg: u.name}]) {
 			continue
 		}
 		seen[u] = true

@@ -56,10 +56,14 @@ type (
 )
 
 // luaParam is the parameter of an event: an element's result (up, down,
-// the alert and heartbeat events), or what self:trigger was given.
+// the alert and heartbeat events), or what self:trigger was given. The
+// result of an element is made when a function of the machine first takes
+// it (part says which element made it): a unit no function looks at
+// costs no Lua value.
 type luaParam struct {
 	v    lua.LValue
 	more []lua.LValue // the parameters after the first, when several
+	part *grammarPart
 }
 
 // Names of the events every Lua machine has besides sm's base events: an
@@ -97,7 +101,7 @@ type luaSM struct {
 	dissectorMeta, machineMeta, stateMeta, selfMeta, elementMeta, valueMeta *lua.LTable
 	dissectorsTable                                                         *lua.LTable
 	// protos are the definition functions' prototypes (for lint);
-	// reported, the undefined names already reported as such.
+	// reported, the undefined names already reported as such, by file.
 	protos   map[*lua.FunctionProto]bool
 	reported map[LoadError]bool
 	// warnings are the suspicious but valid parts of the definitions.
@@ -570,7 +574,7 @@ func (mb *machineBuild) element(L *lua.LState, i int, dir, file string, line int
 func (mb *machineBuild) reportUndefined(file string, line int, name, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...) + mb.suggestState(name)
 	mb.st.problems = append(mb.st.problems, LoadError{File: file, Line: line, Msg: msg})
-	mb.st.lsm.reported[LoadError{File: file, Line: line, Msg: name}] = true
+	mb.st.lsm.reported[LoadError{File: file, Msg: name}] = true
 }
 
 // suggestState returns ` (did you mean "x"?)` for a state name close to
@@ -857,8 +861,11 @@ func (st *state) checkTriggers(d *luaDissector, md *machineDef) {
 			if pc < len(p.DbgSourcePositions) {
 				line = p.DbgSourcePositions[pc]
 			}
-			st.problem(p.SourceName, line, "self:trigger(%q): dissector %s registers no event %q%s (register it with %s:register_event(%q) before its states are set)",
-				string(name), d.name, string(name), suggestFrom(string(name), d.events), d.name, string(name))
+			hint := suggestFrom(string(name), d.events)
+			if hint == "" {
+				hint = fmt.Sprintf(" (register it with %s:register_event(%q) before its states are set)", d.name, string(name))
+			}
+			st.problem(p.SourceName, line, "self:trigger(%q): dissector %s registers no event %q%s", string(name), d.name, string(name), hint)
 		}
 		for _, c := range p.FunctionPrototypes {
 			walk(c)

@@ -80,7 +80,7 @@ func (el *grammarElement) matches(u *tlssm.Unit) bool {
 func (el *grammarElement) parse(c *luaConn, _ sm.Direction, u *tlssm.Unit) (luaParam, error) {
 	for _, p := range el.parts {
 		if p.match(u) {
-			return luaParam{v: p.result(c, u)}, nil
+			return luaParam{part: p}, nil
 		}
 	}
 	return luaParam{}, &UnitError{Element: el.name, Got: describeUnit(u), Dir: u.Dir}

@@ -127,6 +127,8 @@ type luaHandler struct {
 	// events whose fields it carries (unitCarries).
 	unit *tlssm.Unit
 	has  uint32
+	// serial counts the units judged.
+	serial uint64
 	// next is the earliest deadline of the instances.
 	next    time.Time
 	hasNext bool
@@ -149,6 +151,10 @@ type luaConn struct {
 	// lastState and lastElems cache the current state's elements.
 	lastState string
 	lastElems *[2]*grammarElement
+	// resultValue is the result resultPart made of unit resultUnit.
+	resultUnit  uint64
+	resultPart  *grammarPart
+	resultValue lua.LValue
 }
 
 // newLuaHandler returns h with the machines of the flow's state that
@@ -189,6 +195,7 @@ func (h *luaHandler) begin(u *tlssm.Unit) {
 	h.unit = u
 	if u != nil {
 		h.has = unitCarries(u)
+		h.serial++
 	}
 	st.ctx.arm(st.set.opts.Deadline)
 }
@@ -198,6 +205,9 @@ func (h *luaHandler) end() {
 	st := h.flow.st
 	st.ctx.disarm()
 	h.unit, h.has = nil, 0
+	for _, c := range h.conns {
+		c.resultValue = nil
+	}
 	alerts := st.alerts
 	st.endEval()
 	if alerts != nil {
@@ -379,7 +389,7 @@ func (c *luaConn) call(fn *lua.LFunction, r *rule, ev luaEvent, nret int) (lua.L
 func (c *luaConn) pushParams(L *lua.LState, ev luaEvent) int {
 	switch ev.ID {
 	case sm.EvUp, sm.EvDown:
-		L.Push(ev.Param.v)
+		L.Push(c.result(ev))
 		return 1
 	case sm.EvParseError:
 		t := L.CreateTable(0, 2)
@@ -406,6 +416,20 @@ func (c *luaConn) pushParams(L *lua.LState, ev luaEvent) int {
 		L.Push(v)
 	}
 	return 1 + len(ev.Param.more)
+}
+
+// result returns the result of the element that took the unit of an up or
+// down event, made on first use and kept for the unit's other functions.
+func (c *luaConn) result(ev luaEvent) lua.LValue {
+	p := ev.Param.part
+	if p == nil {
+		return lua.LNil
+	}
+	if c.resultUnit != c.h.serial || c.resultPart != p {
+		c.resultUnit, c.resultPart = c.h.serial, p
+		c.resultValue = p.result(c, ev.Unit)
+	}
+	return c.resultValue
 }
 
 // unitBytes returns the bytes of a unit: a message with its header, a

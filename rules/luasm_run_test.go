@@ -490,3 +490,30 @@ func TestLuaMachineInstallPorts(t *testing.T) {
 	}
 	handler.Close()
 }
+
+// The short machine of the README runs as it says: it raises
+// client_hello for its rule and passes TLS 1.2 and 1.3.
+func TestREADMEMachine(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "### State machines in Lua")
+	if !ok {
+		t.Fatal("no state machine section in the README")
+	}
+	_, rest, _ = strings.Cut(rest, "```lua\n")
+	src, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("no Lua example in the README's state machine section")
+	}
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		h := newHarness(t, map[string]string{"ssl.lua": src}, Options{PoolSize: 1})
+		if d := newSession(t, h, nil).feed(tlsTranscript(t, v)...); d.Verdict != inspect.Pass {
+			t.Errorf("%s: %+v", tls.VersionName(v), d)
+		}
+		if got := logged(h); got != "bench.test" {
+			t.Errorf("%s: logged %q", tls.VersionName(v), got)
+		}
+	}
+}

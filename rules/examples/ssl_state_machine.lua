@@ -51,6 +51,8 @@ ssl.states = haka.state_machine.new("ssl", function ()
   established = state(tls.grammar.encrypted + tls.grammar.change_cipher_spec,
                       tls.grammar.encrypted + tls.grammar.change_cipher_spec)
 
+  local function tls13(version) return version:sub(1, 6) == "TLS1.3" end -- and its drafts
+
   local function server_hello(self, hello)
     self.data.version = hello.version
     self:trigger("server_hello", hello)
@@ -65,7 +67,7 @@ ssl.states = haka.state_machine.new("ssl", function ()
   client_hello_done:on{ event = events.down, when = tls.grammar.hello_retry_request, jump = hello_retry }
   client_hello_done:on{ event = events.down, when = function (self, hello) return hello.retry end,
     execute = server_hello, jump = hello_retry }
-  client_hello_done:on{ event = events.down, when = function (self, hello) return hello.version:find("^TLS1%.3") end,
+  client_hello_done:on{ event = events.down, when = function (self, hello) return tls13(hello.version) end,
     execute = server_hello, jump = established }
   client_hello_done:on{ event = events.down, execute = server_hello, jump = server_flight }
 
@@ -86,12 +88,11 @@ ssl.states = haka.state_machine.new("ssl", function ()
     execute = function (self) self.data.app_data = true end }
   established:on{ event = events.heartbeat,
     execute = function (self, hb)
-      local tls13 = self.data.version and self.data.version:find("^TLS1%.3")
       if hb.leak then
         self:trigger("suspicious_heartbeat", hb, "response longer than its request")
       elseif hb.overflow then
         self:trigger("suspicious_heartbeat", hb, "payload_length larger than its record")
-      elseif tls13 then
+      elseif self.data.version and tls13(self.data.version) then
         self:trigger("suspicious_heartbeat", hb, "TLS 1.3 has no heartbeat")
       elseif not self.data.app_data then
         self:trigger("suspicious_heartbeat", hb, "before any application data")

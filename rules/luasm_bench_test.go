@@ -1,0 +1,151 @@
+package rules
+
+import (
+	"crypto/tls"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/hakaproxy/haka-proxy/dissect"
+	"github.com/hakaproxy/haka-proxy/dissect/tlssm"
+	"github.com/hakaproxy/haka-proxy/internal/pcaptest"
+	"github.com/hakaproxy/haka-proxy/proxy/inspect"
+)
+
+// The cost of the example Lua machine beside the built-in one, per
+// message it judges, on the same connections: a Session made, the
+// connection fed as its reads came, the Session closed, with the built-in
+// machine alone (no rules), and with the example machine and its rules.
+// ns/msg divides a connection's time by the handshake messages in it,
+// ns/unit by every unit the Lua machine judges (messages and the other
+// records); the difference between the runs is the Lua machine's: the
+// example's, and a minimal machine's that takes every unit and runs no
+// Lua (what the binding costs).
+//
+//	go test ./rules -run '^$' -bench LuaMachine -benchmem -benchtime 2s
+
+// unitCounter is a UnitHandler that counts what a Lua machine would be
+// given.
+type unitCounter struct{ units, msgs int }
+
+func (c *unitCounter) Hooked(tlssm.EventID) bool           { return false }
+func (c *unitCounter) Event(*tlssm.Event) inspect.Decision { return inspect.Decision{} }
+func (c *unitCounter) Close()                              {}
+func (c *unitCounter) Advance(time.Time) inspect.Decision  { return inspect.Decision{} }
+func (c *unitCounter) NextDeadline() (time.Time, bool)     { return time.Time{}, false }
+func (c *unitCounter) Unit(u *tlssm.Unit) inspect.Decision {
+	c.units++
+	if u.Kind == tlssm.KindMessage || u.Kind == tlssm.KindSSLv2Hello {
+		c.msgs++
+	}
+	return inspect.Decision{}
+}
+
+// captureChunks returns the reads of the first stream of a shared
+// capture, or nil when the captures are not there.
+func captureChunks(tb testing.TB, name string) []chunk {
+	tb.Helper()
+	p, err := pcaptest.Path(name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		return nil
+	}
+	streams, err := pcaptest.Read(p)
+	if err != nil || len(streams) == 0 {
+		tb.Fatalf("%s: %v", p, err)
+	}
+	var out []chunk
+	for _, c := range streams[0].Chunks {
+		d := dissect.Down
+		if c.Up {
+			d = dissect.Up
+		}
+		out = append(out, chunk{d, c.Data})
+	}
+	return out
+}
+
+// feedConn runs one connection through a Session of f and returns its
+// decision.
+func feedConn(f *tlssm.Factory, chunks []chunk) inspect.Decision {
+	flow := &inspect.Flow{ID: 1, Src: meta(1).Src, Dst: meta(1).Dst, Start: time.Unix(1000, 0)}
+	s, d := f.New(flow, nil)
+	var pending [2][]byte
+	for _, c := range chunks {
+		if d.Verdict.Kills() {
+			break
+		}
+		p := append(pending[c.dir], c.data...)
+		res := s.Feed(c.dir, p, flow.Start)
+		d = res.Decision
+		pending[c.dir] = p[res.Forward:]
+	}
+	s.Close(inspect.Summary{})
+	return d
+}
+
+// minimalMachine takes every unit and runs no Lua: the cost of the
+// binding itself (a unit matched and dispatched, no result made).
+const minimalMachine = `
+local d = haka.dissector.new{ name = "minimal" }
+d.states = haka.state_machine.new("minimal", function ()
+  all = state(tls.grammar.record, tls.grammar.record)
+  all:on{ events = { events.up, events.down }, when = tls.grammar.handshake, jump = all }
+  initial(all)
+end)
+d:install()
+`
+
+func BenchmarkLuaMachine(b *testing.B) {
+	conns := map[string][]chunk{
+		"crypto-tls-1.2": tlsTranscript(b, tls.VersionTLS12),
+		"crypto-tls-1.3": tlsTranscript(b, tls.VersionTLS13),
+	}
+	// A real TLS 1.2 connection (to raw.githubusercontent.com), from a
+	// shared capture.
+	if c := captureChunks(b, "suricata-verify/bug-7264-tcp-3whs-ack-data-tls-01/input.pcap"); c != nil {
+		conns["capture-tls1.2"] = c
+	}
+	dir := exampleDir(b)
+	for name, chunks := range conns {
+		counter := &unitCounter{}
+		cf, err := tlssm.NewFactory(tlssm.Options{NoTimers: true, NewHandler: func(*inspect.Flow, *tlssm.Session) tlssm.Handler { return counter }})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if d := feedConn(cf, chunks); d.Verdict != inspect.Pass {
+			b.Fatalf("%s: %+v", name, d)
+		}
+		for _, variant := range []string{"builtin", "builtin+lua-minimal", "builtin+lua-example"} {
+			label := name + "/" + variant
+			opts := tlssm.Options{NoTimers: true}
+			switch variant {
+			case "builtin+lua-minimal":
+				h := newHarness(b, map[string]string{"min.lua": minimalMachine}, Options{PoolSize: 1, Deadline: time.Minute})
+				opts.NewHandler = h.NewTLSHandler
+			case "builtin+lua-example":
+				h := newHarness(b, nil, Options{Dir: dir, PoolSize: 1, Deadline: time.Minute})
+				opts.NewHandler = h.NewTLSHandler
+			}
+			f, err := tlssm.NewFactory(opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Run(label, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if d := feedConn(f, chunks); d.Verdict != inspect.Pass {
+						b.Fatal(d)
+					}
+				}
+				ns := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+				b.ReportMetric(ns/float64(counter.msgs), "ns/msg")
+				b.ReportMetric(ns/float64(counter.units), "ns/unit")
+				b.ReportMetric(float64(counter.msgs), "msgs/conn")
+				b.ReportMetric(float64(counter.units), "units/conn")
+			})
+		}
+	}
+}
