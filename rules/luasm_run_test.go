@@ -517,3 +517,72 @@ func TestREADMEMachine(t *testing.T) {
 		}
 	}
 }
+
+// Connections judged at once, on the interpreter states they share: each
+// instance lives on its connection's state, under that state's lock, and
+// its events reach the rules with its own parameters.
+func TestLuaMachineConcurrent(t *testing.T) {
+	dir := exampleDir(t)
+	if err := os.WriteFile(dir+"/zz_checks.lua", []byte(eventChecks), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, nil, Options{Dir: dir, PoolSize: 2})
+	f := benchFactory(t, h)
+	transcripts := [][]chunk{tlsTranscript(t, tls.VersionTLS12), tlsTranscript(t, tls.VersionTLS13)}
+	const workers, each = 6, 20
+	var wg sync.WaitGroup
+	errs := make(chan string, workers*each)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				flow := &inspect.Flow{ID: uint64(w*each + i + 1), Src: meta(1).Src, Dst: meta(1).Dst, Start: time.Unix(1000, 0)}
+				if d := feedConn(f, transcripts[i%2]); d.Verdict != inspect.Pass {
+					errs <- fmt.Sprintf("flow %d: %+v", flow.ID, d)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if es := messages(h.logs, zapcore.ErrorLevel); len(es) > 0 {
+		t.Errorf("errors: %v", es)
+	}
+	if n := strings.Count(logged(h), "established TLS1.3"); n != workers*each/2 {
+		t.Errorf("%d TLS 1.3 connections established, want %d", n, workers*each/2)
+	}
+}
+
+// A reload swaps the machines with the rules: connections in flight keep
+// the machine they started with, new ones get the new one.
+func TestLuaMachineReload(t *testing.T) {
+	dir := t.TempDir()
+	write := func(word string) {
+		src := machineFile(nil, `
+  hello = state(tls.grammar.client_hello, nil)
+  hello:on{ event = events.up, execute = function (self) self:log("`+word+`") end, jump = finish }
+  initial(hello)
+`)
+		if err := os.WriteFile(dir+"/ssl.lua", []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("old")
+	h := newHarness(t, nil, Options{Dir: dir, PoolSize: 1})
+	hello := tlsTranscript(t, tls.VersionTLS12)[0]
+	before := newSession(t, h, nil)
+	write("new")
+	if err := h.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	after := newSession(t, h, &inspect.Flow{ID: 2, Dst: meta(2).Dst, Start: time.Unix(1000, 0)})
+	after.feed(hello)
+	before.feed(hello)
+	if got := logged(h); !strings.HasSuffix(got, "new\nold") {
+		t.Errorf("logged %q", got)
+	}
+}
