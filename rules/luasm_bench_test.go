@@ -149,3 +149,41 @@ func BenchmarkLuaMachine(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkLuaMachineRecord: an established TLS 1.2 session, then
+// application_data records one at a time, each direction in turn: the
+// per-record cost once the handshake is over, with the built-in machine
+// alone and with the example machine beside it (its streaming state runs
+// no Lua for them).
+func BenchmarkLuaMachineRecord(b *testing.B) {
+	transcript := tlsTranscript(b, tls.VersionTLS12)
+	rec := make([]byte, 5+64)
+	copy(rec, []byte{23, 3, 3, 0, 64})
+	for _, lua := range []bool{false, true} {
+		label, opts := "builtin", tlssm.Options{NoTimers: true}
+		if lua {
+			label = "builtin+lua-example"
+			h := newHarness(b, nil, Options{Dir: exampleDir(b), PoolSize: 1, Deadline: time.Minute})
+			opts.NewHandler = h.NewTLSHandler
+		}
+		f, err := tlssm.NewFactory(opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(label, func(b *testing.B) {
+			flow := &inspect.Flow{ID: 1, Src: meta(1).Src, Dst: meta(1).Dst, Start: time.Unix(1000, 0)}
+			s, _ := f.New(flow, nil)
+			defer s.Close(inspect.Summary{})
+			fd := &feeder{tb: b, s: s, now: flow.Start}
+			for _, c := range transcript {
+				fd.feed(c.dir, c.data)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				fd.feed(dissect.Up, rec)
+				fd.feed(dissect.Down, rec)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(2*b.N), "ns/record")
+		})
+	}
+}

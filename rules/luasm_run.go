@@ -129,6 +129,11 @@ type luaHandler struct {
 	has  uint32
 	// serial counts the units judged.
 	serial uint64
+	// armed: the deadline runs for what the unit makes Lua do. It is
+	// armed when the first Lua function of the unit is called: a unit
+	// that runs none (application data in a state without transitions on
+	// it) costs no clock read.
+	armed bool
 	// next is the earliest deadline of the instances.
 	next    time.Time
 	hasNext bool
@@ -197,13 +202,24 @@ func (h *luaHandler) begin(u *tlssm.Unit) {
 		h.has = unitCarries(u)
 		h.serial++
 	}
-	st.ctx.arm(st.set.opts.Deadline)
+}
+
+// arm starts the deadline of what the unit makes Lua do, once.
+func (h *luaHandler) arm() {
+	if !h.armed {
+		h.armed = true
+		st := h.flow.st
+		st.ctx.arm(st.set.opts.Deadline)
+	}
 }
 
 // end releases the state and writes the alerts raised.
 func (h *luaHandler) end() {
 	st := h.flow.st
-	st.ctx.disarm()
+	if h.armed {
+		h.armed = false
+		st.ctx.disarm()
+	}
 	h.unit, h.has = nil, 0
 	for _, c := range h.conns {
 		c.resultValue = nil
@@ -367,6 +383,7 @@ func (c *luaConn) call(fn *lua.LFunction, r *rule, ev luaEvent, nret int) (lua.L
 		// The deadline stopped what this unit runs: nothing more runs.
 		return lua.LNil, false
 	}
+	c.h.arm()
 	L := st.L
 	prevRule, prevName := st.rule, st.evName
 	st.rule, st.evName = r, c.cm.evNames[ev.ID]
@@ -451,6 +468,7 @@ func (c *luaConn) deliver(ev Event, p luaParam) {
 	if f.dec.Verdict.Kills() || len(st.set.hooks[ev]) == 0 || st.ctx.hit() {
 		return
 	}
+	c.h.arm()
 	prevRule, prevEv, prevName := st.rule, st.ev, st.evName
 	st.ev, st.evName = ev, ""
 	param := p.v

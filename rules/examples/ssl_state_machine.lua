@@ -47,11 +47,15 @@ ssl.states = haka.state_machine.new("ssl", function ()
   server_finished = state(tls.grammar.encrypted, tls.grammar.new_session_ticket + tls.grammar.change_cipher_spec)
   -- A resumption, where the server switched first.
   client_finished = state(tls.grammar.change_cipher_spec, tls.grammar.encrypted)
-  -- Both directions encrypted: in TLS 1.3 from the ServerHello on.
+  -- Both directions encrypted (in TLS 1.3 from the ServerHello on), no
+  -- application data yet; then it flows. The units are the same, what a
+  -- heartbeat means is not.
   established = state(tls.grammar.encrypted + tls.grammar.change_cipher_spec,
                       tls.grammar.encrypted + tls.grammar.change_cipher_spec)
+  streaming = state(tls.grammar.encrypted + tls.grammar.change_cipher_spec,
+                    tls.grammar.encrypted + tls.grammar.change_cipher_spec)
 
-  local function tls13(version) return version:sub(1, 6) == "TLS1.3" end -- and its drafts
+  local function tls13(version) return version ~= nil and version:sub(1, 6) == "TLS1.3" end -- and drafts
 
   local function server_hello(self, hello)
     self.data.version = hello.version
@@ -84,20 +88,22 @@ ssl.states = haka.state_machine.new("ssl", function ()
 
   established:on{ event = events.enter,
     execute = function (self) self:trigger("established", self.data.version) end }
-  established:on{ events = { events.up, events.down }, when = tls.grammar.application_data,
-    execute = function (self) self.data.app_data = true end }
-  established:on{ event = events.heartbeat,
-    execute = function (self, hb)
-      if hb.leak then
-        self:trigger("suspicious_heartbeat", hb, "response longer than its request")
-      elseif hb.overflow then
-        self:trigger("suspicious_heartbeat", hb, "payload_length larger than its record")
-      elseif self.data.version and tls13(self.data.version) then
-        self:trigger("suspicious_heartbeat", hb, "TLS 1.3 has no heartbeat")
-      elseif not self.data.app_data then
-        self:trigger("suspicious_heartbeat", hb, "before any application data")
-      end
-    end }
+  established:on{ events = { events.up, events.down }, when = tls.grammar.application_data, jump = streaming }
+
+  -- A heartbeat after the handshake: none in TLS 1.3, none before any
+  -- application data (how scanners probe), and no response longer than
+  -- its request.
+  local function heartbeat(self, hb)
+    if tls13(self.data.version) then
+      self:trigger("suspicious_heartbeat", hb, "in TLS 1.3, which has none")
+    elseif hb.leak then
+      self:trigger("suspicious_heartbeat", hb, "response longer than its request")
+    elseif self.state == "established" then
+      self:trigger("suspicious_heartbeat", hb, "before any application data")
+    end
+  end
+  established:on{ event = events.heartbeat, execute = heartbeat }
+  streaming:on{ event = events.heartbeat, execute = heartbeat }
 
   -- Every other state is part of the handshake.
   any:on{ event = events.heartbeat,
