@@ -97,9 +97,19 @@ const maxTimeoutSeconds = 86400
 type luaSM struct {
 	dissectors []*luaDissector
 	machines   []*machineDef
-	// metatables of the values of the vocabulary
-	dissectorMeta, machineMeta, stateMeta, selfMeta, elementMeta, valueMeta *lua.LTable
-	dissectorsTable                                                         *lua.LTable
+	// haka.dissectors, where the dissectors written in Lua are added.
+	dissectorsTable *lua.LTable
+
+	// The metatables of the vocabulary's values: dissectors, machines,
+	// states (and any), self, grammar elements, the others (events, fail,
+	// finish, the state types, undefined names).
+	dissectorMeta *lua.LTable
+	machineMeta   *lua.LTable
+	stateMeta     *lua.LTable
+	selfMeta      *lua.LTable
+	elementMeta   *lua.LTable
+	valueMeta     *lua.LTable
+
 	// protos are the definition functions' prototypes (for lint);
 	// reported, the undefined names already reported as such, by file.
 	protos   map[*lua.FunctionProto]bool
@@ -160,21 +170,20 @@ type transDecl struct {
 
 // machineBuild is a machine whose definition function runs.
 type machineBuild struct {
-	st     *state
-	def    *machineDef
-	d      *luaDissector
-	b      *luaBuilder
-	cm     *compiledMachine
+	st  *state
+	def *machineDef
+	b   *luaBuilder
+	cm  *compiledMachine
+	// bidi: state_type is BidirectionalState.
 	bidi   bool
 	states []*stateDecl
 	any    *stateDecl
 	inits  []initDecl
 	// vars are the names the function assigned, in the environment.
-	vars      *lua.LTable
-	varNames  []string
-	env       *lua.LTable
-	events    *lua.LTable
-	defining  bool
+	vars *lua.LTable
+	// defining: the definition function runs.
+	defining bool
+	// undefined are the values of the undefined names read, by name.
 	undefined map[string]lua.LValue
 	// initReported: compile reported the initial state's mistake, which
 	// Build would report again as none.
@@ -316,7 +325,7 @@ func (st *state) luaMachineNew(L *lua.LState) int {
 func (st *state) buildMachine(L *lua.LState, d *luaDissector, md *machineDef) *compiledMachine {
 	b := sm.NewBuilder[*luaConn, *tlssm.Unit, luaParam](md.name)
 	cm := &compiledMachine{name: md.name, pos: md.pos(), d: d, byName: make(map[string]sm.EventID, len(d.events))}
-	mb := &machineBuild{st: st, def: md, d: d, b: b, cm: cm, bidi: true, defining: true,
+	mb := &machineBuild{st: st, def: md, b: b, cm: cm, bidi: true, defining: true,
 		vars: L.NewTable(), undefined: make(map[string]lua.LValue)}
 	mb.any = &stateDecl{mb: mb, name: "any", isAny: true, file: md.file, line: md.line}
 	var ruleEvents []Event
@@ -348,6 +357,9 @@ func (st *state) buildMachine(L *lua.LState, d *luaDissector, md *machineDef) *c
 		addEvent(n, cm.byName[n])
 	}
 	events.RawSetString("timeout", L.NewFunction(func(L *lua.LState) int {
+		if !mb.defining {
+			L.RaiseError("events.timeout: timeouts are made while the machine's definition runs")
+		}
 		secs, ok := L.Get(1).(lua.LNumber)
 		if !ok || !(secs > 0) || secs > maxTimeoutSeconds {
 			L.RaiseError("events.timeout(seconds): seconds must be a number above 0 and at most %d, not %s", maxTimeoutSeconds, L.ToStringMeta(L.Get(1)))
@@ -358,7 +370,6 @@ func (st *state) buildMachine(L *lua.LState, d *luaDissector, md *machineDef) *c
 		return 1
 	}))
 	st.strict(events, "events")
-	mb.events = events
 
 	vocab := L.NewTable()
 	vocab.RawSetString("state_type", L.NewFunction(mb.luaStateType))
@@ -399,7 +410,6 @@ func (st *state) buildMachine(L *lua.LState, d *luaDissector, md *machineDef) *c
 	}))
 	meta.RawSetString("__newindex", L.NewFunction(mb.luaAssign))
 	env.Metatable = meta
-	mb.env = env
 
 	prev := md.fn.Env
 	md.fn.Env = env
@@ -504,9 +514,6 @@ func (mb *machineBuild) luaAssign(L *lua.LState) int {
 				mb.st.problem(file, line, "state %q is also assigned to %s: a state has one name (name it with :name(\"...\") to use it under other names)", sd.name, name)
 			}
 		}
-	}
-	if isName && mb.vars.RawGet(key) == lua.LNil && v != lua.LNil {
-		mb.varNames = append(mb.varNames, string(name))
 	}
 	mb.vars.RawSet(key, v)
 	return 0

@@ -67,7 +67,7 @@ ssl:install()
 	if err := rulescmd.CheckRun(&rulescmd.CheckOptions{Dir: good, Out: &out, ErrOut: &errOut}); err != nil {
 		t.Fatalf("%v\n%s", err, errOut.String())
 	}
-	if want := good + ": 3 rules in 1 files, no mistakes\n"; out.String() != want {
+	if want := good + ": 4 rules in 1 files, no mistakes\n"; out.String() != want {
 		t.Errorf("check said %q, want %q", out.String(), want)
 	}
 }

@@ -475,7 +475,15 @@ func (c *luaConn) deliver(ev Event, p luaParam) {
 	if param == nil {
 		param = lua.LNil
 	}
+	observe := st.set.opts.ObserveEval
+	var start time.Time
+	if observe != nil {
+		start = time.Now()
+	}
 	st.runRules(f, ev, param, p.more)
+	if observe != nil {
+		observe(st.set.reg.events[ev].display, time.Since(start))
+	}
 	st.rule, st.ev, st.evName = prevRule, prevEv, prevName
 }
 

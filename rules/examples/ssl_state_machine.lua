@@ -141,6 +141,12 @@ haka.rule{ on = ssl.events.suspicious_heartbeat, eval = function (flow, hb, why)
   stop(flow, "heartbleed: encrypted heartbeat " .. why)
 end }
 
+-- What the machine saw, for the connection's other rules and the debug log.
 haka.rule{ on = ssl.events.client_hello, eval = function (flow, hello)
   flow.data.ssl = { sni = hello.sni, ja4 = hello.ja4 }
+end }
+
+haka.rule{ on = ssl.events.established, eval = function (flow, version)
+  haka.log.debug("%s -> %s: %s established, SNI %s", flow.src, flow.dst, version,
+    tostring(flow.data.ssl and flow.data.ssl.sni))
 end }
