@@ -6,6 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/hakaproxy/haka-proxy/dissect"
 	"github.com/hakaproxy/haka-proxy/dissect/tlssm"
 	"github.com/hakaproxy/haka-proxy/internal/pcaptest"
@@ -67,11 +71,14 @@ func captureChunks(tb testing.TB, name string) []chunk {
 	return out
 }
 
+// benchFlow is the connection of the benchmarks.
+var benchFlow = inspect.Flow{ID: 1, Src: meta(1).Src, Dst: meta(1).Dst, Start: time.Unix(1000, 0)}
+
 // feedConn runs one connection through a Session of f and returns its
 // decision.
 func feedConn(f *tlssm.Factory, chunks []chunk) inspect.Decision {
-	flow := &inspect.Flow{ID: 1, Src: meta(1).Src, Dst: meta(1).Dst, Start: time.Unix(1000, 0)}
-	s, d := f.New(flow, nil)
+	flow := benchFlow
+	s, d := f.New(&flow, nil)
 	var pending [2][]byte
 	for _, c := range chunks {
 		if d.Verdict.Kills() {
@@ -84,6 +91,21 @@ func feedConn(f *tlssm.Factory, chunks []chunk) inspect.Decision {
 	}
 	s.Close(inspect.Summary{})
 	return d
+}
+
+// benchLuaEngine is an engine as the proxy runs it: logging at info (the
+// example's debug lines cost nothing), one interpreter state, a deadline
+// a loaded machine cannot trip.
+func benchLuaEngine(b *testing.B, opts Options) *Engine {
+	b.Helper()
+	core, _ := observer.New(zapcore.InfoLevel)
+	opts.Logger, opts.PoolSize, opts.Deadline = zap.New(core), 1, time.Minute
+	e, err := New(opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(e.Close)
+	return e
 }
 
 // minimalMachine takes every unit and runs no Lua: the cost of the
@@ -123,11 +145,9 @@ func BenchmarkLuaMachine(b *testing.B) {
 			opts := tlssm.Options{NoTimers: true}
 			switch variant {
 			case "builtin+lua-minimal":
-				h := newHarness(b, map[string]string{"min.lua": minimalMachine}, Options{PoolSize: 1, Deadline: time.Minute})
-				opts.NewHandler = h.NewTLSHandler
+				opts.NewHandler = benchLuaEngine(b, Options{FS: ruleFS(map[string]string{"min.lua": minimalMachine})}).NewTLSHandler
 			case "builtin+lua-example":
-				h := newHarness(b, nil, Options{Dir: dir, PoolSize: 1, Deadline: time.Minute})
-				opts.NewHandler = h.NewTLSHandler
+				opts.NewHandler = benchLuaEngine(b, Options{Dir: dir}).NewTLSHandler
 			}
 			f, err := tlssm.NewFactory(opts)
 			if err != nil {
@@ -163,8 +183,7 @@ func BenchmarkLuaMachineRecord(b *testing.B) {
 		label, opts := "builtin", tlssm.Options{NoTimers: true}
 		if lua {
 			label = "builtin+lua-example"
-			h := newHarness(b, nil, Options{Dir: exampleDir(b), PoolSize: 1, Deadline: time.Minute})
-			opts.NewHandler = h.NewTLSHandler
+			opts.NewHandler = benchLuaEngine(b, Options{Dir: exampleDir(b)}).NewTLSHandler
 		}
 		f, err := tlssm.NewFactory(opts)
 		if err != nil {
