@@ -60,6 +60,9 @@ type deadline struct {
 	// evaluating goroutine replaces it.
 	done  chan struct{}
 	steps int // instructions of this evaluation, evaluating goroutine only
+	// budget, when positive, bounds the evaluation by instructions
+	// instead of the wall clock (see armSteps); evaluating goroutine only.
+	budget int
 
 	start   atomic.Int64 // monoNow of the evaluation in progress, idle, or stopped
 	limit   atomic.Int64 // its deadline, in nanoseconds
@@ -84,6 +87,7 @@ func (d *deadline) arm(limit time.Duration) {
 		d.disarm()
 	}
 	d.steps = 0
+	d.budget = 0
 	d.seen.Store(0)
 	prev := d.limit.Swap(int64(limit))
 	d.start.Store(monoNow())
@@ -95,6 +99,19 @@ func (d *deadline) arm(limit time.Duration) {
 		// A fire that comes early only re-arms for the time left.
 		d.timer.Reset(limit)
 	}
+}
+
+// armSteps starts an evaluation bounded by n instructions rather than by
+// the wall clock: the replay's verdicts must not depend on how loaded the
+// machine is. The timer is not involved: the evaluating goroutine stops
+// itself in Done.
+func (d *deadline) armSteps(n int) {
+	if d.start.Load() == stopped {
+		d.disarm()
+	}
+	d.steps = 0
+	d.budget = n
+	d.start.Store(monoNow())
 }
 
 // disarm ends an evaluation and prepares the next: a channel the timer
@@ -143,6 +160,15 @@ func (d *deadline) fire() {
 // Done implements context.Context.
 func (d *deadline) Done() <-chan struct{} {
 	d.steps++
+	if d.budget > 0 {
+		if d.steps > d.budget && d.start.Load() != stopped {
+			d.mu.Lock()
+			d.start.Store(stopped)
+			close(d.done)
+			d.mu.Unlock()
+		}
+		return d.done
+	}
 	if d.steps%publishEvery == 0 {
 		d.seen.Store(int64(d.steps))
 	}

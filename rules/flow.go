@@ -3,6 +3,7 @@ package rules
 import (
 	"context"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,6 +41,9 @@ type Flow struct {
 	dst  netip.AddrPort
 	info FlowInfo
 	dec  inspect.Decision
+	// now is the stream time of the event being evaluated, when the caller
+	// knows it (SetTime): packet time in a replay. Alerts carry it.
+	now time.Time
 
 	closed bool
 
@@ -101,6 +105,18 @@ func (f *Flow) Eval(ev Event, build func(L *lua.LState) lua.LValue) inspect.Deci
 	return f.dec
 }
 
+// SetTime sets the stream time of the events evaluated next: the time
+// their alerts carry. Without it, alerts carry the wall clock.
+func (f *Flow) SetTime(t time.Time) { f.now = t }
+
+// alertTime is the time of an alert raised now.
+func (f *Flow) alertTime() time.Time {
+	if f.now.IsZero() {
+		return time.Now()
+	}
+	return f.now
+}
+
 // Close releases the flow's data and its hold on its rule set; the set's
 // states are closed when the last flow pinned to a replaced set closes.
 // Close is idempotent.
@@ -157,12 +173,22 @@ func (st *state) eval(f *Flow, ev Event, build func(*lua.LState) lua.LValue) []*
 	if build != nil {
 		param = build(st.L)
 	}
-	st.ctx.arm(st.set.opts.Deadline)
+	st.armEval()
 	st.runRules(f, ev, param, nil)
 	st.ctx.disarm()
 	alerts := st.alerts
 	st.alerts = nil
 	return alerts
+}
+
+// armEval starts the bound of one evaluation: instructions when the
+// options count them, the wall-clock deadline otherwise.
+func (st *state) armEval() {
+	if n := st.set.opts.Steps; n > 0 {
+		st.ctx.armSteps(n)
+		return
+	}
+	st.ctx.arm(st.set.opts.Deadline)
 }
 
 // runRules runs the rules of ev for f with the parameters param and
@@ -225,6 +251,9 @@ func (st *state) failed(f *Flow, err error, overran bool) {
 	reason := "rule error"
 	if overran {
 		msg = "exceeded the " + st.set.opts.Deadline.String() + " deadline"
+		if n := st.set.opts.Steps; n > 0 {
+			msg = "exceeded the bound of " + strconv.Itoa(n) + " instructions"
+		}
 		reason = "rule deadline exceeded"
 	}
 	st.log.Error("rule failed",

@@ -208,8 +208,7 @@ func (h *luaHandler) begin(u *tlssm.Unit) {
 func (h *luaHandler) arm() {
 	if !h.armed {
 		h.armed = true
-		st := h.flow.st
-		st.ctx.arm(st.set.opts.Deadline)
+		h.flow.st.armEval()
 	}
 }
 
@@ -243,6 +242,7 @@ func (h *luaHandler) Unit(u *tlssm.Unit) inspect.Decision {
 	if f.closed || f.dec.Verdict.Kills() {
 		return f.dec
 	}
+	f.SetTime(u.Time)
 	h.begin(u)
 	for _, c := range h.conns {
 		c.feed(u)

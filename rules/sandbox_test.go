@@ -306,3 +306,18 @@ end }
 		t.Errorf("stopped after %v, before the grace of %v", elapsed, graceFactor*deadline)
 	}
 }
+
+// Under Options.Steps a runaway rule is stopped by the instruction bound,
+// named in the log, and the policy applies as for the deadline.
+func TestStepsBoundRunawayRule(t *testing.T) {
+	h := newHarness(t, map[string]string{"loop.lua": `
+haka.rule{ on = tls.events.alert, eval = function(flow, p) while true do end end }
+`}, Options{PoolSize: 1, Deadline: time.Hour, Steps: 100_000})
+	f := h.NewFlow(meta(1), nil)
+	defer f.Close()
+	if d := f.Eval(ev(t, "alert"), nil); d.Verdict != inspect.Drop {
+		t.Fatalf("decision %+v, want a drop under the default policy", d)
+	}
+	got := strings.Join(messages(h.logs, zapcore.ErrorLevel), "\n")
+	containsAll(t, "error log", got, "rule failed rule=loop.lua:2 error=exceeded the bound of 100000 instructions")
+}

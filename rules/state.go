@@ -371,7 +371,7 @@ func (st *state) luaAlert(L *lua.LState) int {
 	}
 	t := L.CheckTable(1)
 	a := &output.Alert{
-		Time:     time.Now(),
+		Time:     st.cur.alertTime(),
 		Severity: "medium",
 		Event:    st.eventName(),
 		Rule:     st.rule.loc,

@@ -81,6 +81,7 @@ func (h *TLSHandler) Event(ev *tlssm.Event) inspect.Decision {
 		build = h.build
 	}
 	h.ev = ev
+	h.flow.SetTime(ev.Time)
 	d := h.flow.Eval(TLS(ev.ID), build)
 	h.ev = nil
 	return d

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hakaproxy/haka-proxy/rules/output"
 )
@@ -128,6 +129,7 @@ func capture(tb testing.TB, name string) string {
 // (the fields of output.Alert and output.Connection).
 type record struct {
 	Type        string          `json:"type"`
+	Time        time.Time       `json:"time"`
 	Description string          `json:"description"`
 	Severity    string          `json:"severity"`
 	Method      *output.Method  `json:"method"`

@@ -244,6 +244,11 @@ func TestHeartbleed(t *testing.T) {
 				t.Fatalf("%d alerts, %d connection lines:\n%s", len(alerts), len(conns), runs[name].stdout)
 			}
 			a, c := alerts[0], conns[0]
+			// Times are the capture's: the alert is raised at the
+			// heartbeat's packet, which ends the stream.
+			if a.Time.Year() != 2014 || !a.Time.Equal(c.Time) {
+				t.Errorf("alert at %v, connection at %v: want both at the heartbeat's packet time (2014)", a.Time, c.Time)
+			}
 			if !strings.HasPrefix(a.Rule, "heartbleed.lua:") || a.Severity != "high" || a.Action != "drop" ||
 				!strings.Contains(a.Description, "payload_length larger than its record") ||
 				a.Method == nil || !strings.Contains(a.Method.Description, "heartbeat_overflow") ||
