@@ -171,6 +171,7 @@ func (st *state) eval(f *Flow, ev Event, build func(*lua.LState) lua.LValue) []*
 		L.Push(f.ud)
 		L.Push(param)
 		if err := L.PCall(2, 0, nil); err != nil {
+			st.repanic(f, err)
 			overran := st.overran(err)
 			st.failed(f, err, overran)
 			if overran {
