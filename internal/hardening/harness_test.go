@@ -253,6 +253,8 @@ type rigConfig struct {
 	Wrap func(f *inspect.Flow, h tlssm.Handler) tlssm.Handler
 	// TLSLimits cap the reassembly of handshake messages.
 	TLSLimits dissect.Limits
+	// WrapFactory, when set, wraps the inspector factory.
+	WrapFactory func(inspect.Factory) inspect.Factory
 }
 
 // rig is a proxy as haka-proxy runs it — the TLS state machine with the
@@ -306,9 +308,13 @@ func newRig(t testing.TB, upstream string, cfg rigConfig) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var pf inspect.Factory = factory
+	if cfg.WrapFactory != nil {
+		pf = cfg.WrapFactory(factory)
+	}
 	p, err := proxy.New(proxy.Config{
 		Dial:    r.dial,
-		Factory: factory,
+		Factory: pf,
 		Logger:  log,
 		Records: records,
 		Metrics: r.metrics,
