@@ -42,6 +42,10 @@ const (
 	// both offer the extension, or a request from a peer the other side
 	// does not allow to send them (RFC 6520 2), or a heartbeat in TLS 1.3.
 	AnomalyHeartbeatNotNegotiated = "heartbeat_not_negotiated"
+	// AnomalyTooManyHeartbeatRequests: a heartbeat request while more
+	// requests of its direction are unanswered than the machine can match
+	// with their responses (layer 3 would lose track of the oldest).
+	AnomalyTooManyHeartbeatRequests = "too_many_heartbeat_requests"
 )
 
 // maxAnomaliesListed bounds the anomalies a Session keeps for
