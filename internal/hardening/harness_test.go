@@ -255,6 +255,11 @@ type rigConfig struct {
 	TLSLimits dissect.Limits
 	// WrapFactory, when set, wraps the inspector factory.
 	WrapFactory func(inspect.Factory) inspect.Factory
+	// MachineTimeout is the TLS machine's handshake timeout per state;
+	// zero is its default.
+	MachineTimeout time.Duration
+	// OnSession, when set, is given each connection's Session.
+	OnSession func(*tlssm.Session)
 }
 
 // rig is a proxy as haka-proxy runs it — the TLS state machine with the
@@ -274,7 +279,6 @@ type rig struct {
 	mu       sync.Mutex
 	upstream string
 	routes   map[netip.Addr]string
-	sessions []*tlssm.Session
 }
 
 func newRig(t testing.TB, upstream string, cfg rigConfig) *rig {
@@ -298,13 +302,20 @@ func newRig(t testing.TB, upstream string, cfg rigConfig) *rig {
 	}
 	r.engine = engine
 	newHandler := func(f *inspect.Flow, s *tlssm.Session) tlssm.Handler {
+		if cfg.OnSession != nil {
+			cfg.OnSession(s)
+		}
 		h := engine.NewTLSHandler(f, s)
 		if cfg.Wrap != nil {
 			h = cfg.Wrap(f, h)
 		}
 		return h
 	}
-	factory, err := tlssm.NewFactory(tlssm.Options{NewHandler: newHandler, Limits: cfg.TLSLimits})
+	factory, err := tlssm.NewFactory(tlssm.Options{
+		NewHandler: newHandler,
+		Limits:     cfg.TLSLimits,
+		Machine:    tlssm.MachineOptions{HandshakeTimeout: cfg.MachineTimeout},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

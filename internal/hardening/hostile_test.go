@@ -14,6 +14,7 @@ import (
 	"testing/fstest"
 	"time"
 
+	"github.com/hakaproxy/haka-proxy/cmd/haka-bench/loadgen"
 	"github.com/hakaproxy/haka-proxy/dissect/tlssm"
 	"github.com/hakaproxy/haka-proxy/internal/tlspeer"
 	"github.com/hakaproxy/haka-proxy/proxy"
@@ -111,36 +112,48 @@ func handshakeRecords(size int, msgs ...[]byte) []byte {
 	return out
 }
 
-// serverFlightWithCertificate is the recorded server flight with its
-// Certificate message replaced by one of total bytes (header included)
-// spread over records of recordSize, and the index where the
-// certificate's records start.
-func serverFlightWithCertificate(t *testing.T, total, recordSize int) ([]byte, int) {
+// serverFlightWith is the recorded server flight with its Certificate
+// message replaced by cert, every message in records of at most
+// recordSize bytes, and the index where the certificate's records start.
+func serverFlightWith(t *testing.T, cert []byte, recordSize int) ([]byte, int) {
 	msgs := handshakeMessages(t, flight(t).Turns[1])
 	if len(msgs) != 4 || msgs[1][0] != 11 {
 		t.Fatalf("unexpected recorded server flight: %d messages", len(msgs))
 	}
+	out := handshakeRecords(maxPlaintext, msgs[0])
+	at := len(out)
+	out = append(out, handshakeRecords(recordSize, cert)...)
+	return append(out, handshakeRecords(maxPlaintext, msgs[2], msgs[3])...), at
+}
+
+// junkCertificate is a Certificate message of total bytes (header
+// included) whose body is random: it only frames as one while it is over
+// the reassembly cap, which leaves it unparsed.
+func junkCertificate(total int) []byte {
 	cert := make([]byte, total)
 	body := total - 4
 	cert[0], cert[1], cert[2], cert[3] = 11, byte(body>>16), byte(body>>8), byte(body)
 	fillRandom(rand.New(rand.NewPCG(11, 12)), cert[4:])
-	out := handshakeRecords(recordSize, msgs[0])
-	at := len(out)
-	out = append(out, handshakeRecords(recordSize, cert)...)
-	return append(out, handshakeRecords(recordSize, msgs[2], msgs[3])...), at
+	return cert
 }
 
-// A 1 MiB Certificate in 64 records is over the 256 KiB reassembly cap:
-// the machine names it (handshake_message_too_large, which the stock
-// rules log), holds none of it and lets it through uninspected, so
-// --max-held-bytes (512 KiB) is never reached; every byte arrives.
-func TestHandshakeMessageOverTheCap(t *testing.T) {
-	f := flight(t)
-	server, _ := serverFlightWithCertificate(t, 1<<20, maxPlaintext)
-	if n := bytes.Count(server, []byte{typeHandshake, 3, 3, 0x40, 0}); n < 64 {
-		t.Fatalf("the crafted flight has %d full records", n)
-	}
-	fault := startBackend(t, func(c *net.TCPConn) {
+// bulkyCertificate is a well-formed TLS 1.2 Certificate message: the
+// recorded server's certificate, then an entry of extra random bytes
+// (X.509 is only parsed when a rule reads the chain).
+func bulkyCertificate(t *testing.T, extra int) []byte {
+	recorded := handshakeMessages(t, flight(t).Turns[1])[1]
+	list := recorded[7:] // header, then the list's own length
+	blob := make([]byte, extra)
+	fillRandom(rand.New(rand.NewPCG(13, 14)), blob)
+	list = append(append(list[:len(list):len(list)], byte(extra>>16), byte(extra>>8), byte(extra)), blob...)
+	body := append([]byte{byte(len(list) >> 16), byte(len(list) >> 8), byte(len(list))}, list...)
+	return append([]byte{11, byte(len(body) >> 16), byte(len(body) >> 8), byte(len(body))}, body...)
+}
+
+// playServer is a backend that plays the recorded conversation with
+// server as its first answer.
+func playServer(f *loadgen.Flight, server []byte) func(c *net.TCPConn) {
+	return func(c *net.TCPConn) {
 		buf := make([]byte, f.MaxTurn())
 		if _, err := io.ReadFull(c, buf[:len(f.Turns[0])]); err != nil {
 			return
@@ -152,24 +165,44 @@ func TestHandshakeMessageOverTheCap(t *testing.T) {
 		c.Write(f.Turns[3])
 		c.CloseWrite()
 		io.Copy(io.Discard, c)
-	})
+	}
+}
+
+// playClient plays the client's side against playServer(server) and
+// checks every byte; it returns when the server has closed.
+func playClient(t *testing.T, c *net.TCPConn, f *loadgen.Flight, server []byte) {
+	t.Helper()
+	c.Write(f.Turns[0])
+	got := make([]byte, len(server))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, server) {
+		t.Fatalf("the client got %d bytes of the server's flight (%v), first difference at %d", len(got), err, firstDiff(got, server))
+	}
+	c.Write(f.Turns[2])
+	c.CloseWrite()
+	got, reset := expectClosed(t, c)
+	if reset || !bytes.Equal(got, f.Turns[3]) {
+		t.Fatalf("the end of the handshake: %d bytes, reset %v", len(got), reset)
+	}
+}
+
+// A 1 MiB Certificate in 64 records is over the 256 KiB reassembly cap:
+// the machine names it (handshake_message_too_large, which the stock
+// rules log), holds none of it and lets it through uninspected, so
+// --max-held-bytes (512 KiB) is never reached; every byte arrives.
+func TestHandshakeMessageOverTheCap(t *testing.T) {
+	f := flight(t)
+	server, _ := serverFlightWith(t, junkCertificate(1<<20), maxPlaintext)
+	if n := bytes.Count(server, []byte{typeHandshake, 3, 3, 0x40, 0}); n < 64 {
+		t.Fatalf("the crafted flight has %d full records", n)
+	}
+	fault := startBackend(t, playServer(f, server))
 	be := startBackend(t, tlsEcho(f))
 	r := newRig(t, be.addr, rigConfig{})
 	r.route(srcFault, fault.addr)
 	during(t, r, func() {
 		c := r.connect(srcFault)
 		defer c.Close()
-		c.Write(f.Turns[0])
-		got := make([]byte, len(server))
-		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, server) {
-			t.Fatalf("the client got %d bytes of the server's flight (%v), first difference at %d", len(got), err, firstDiff(got, server))
-		}
-		c.Write(f.Turns[2])
-		c.CloseWrite()
-		got, reset := expectClosed(t, c)
-		if reset || !bytes.Equal(got, f.Turns[3]) {
-			t.Fatalf("the end of the handshake: %d bytes, reset %v", len(got), reset)
-		}
+		playClient(t, c, f, server)
 		rec := r.waitRecords("record", 1, fromAddr(srcFault))[0]
 		if rec.Verdict != "pass" || rec.BytesDown != int64(len(server)+len(f.Turns[3])) {
 			t.Errorf("record %+v", rec)
@@ -188,7 +221,7 @@ func TestHandshakeMessageOverTheCap(t *testing.T) {
 func TestHandshakeMessageOverMaxHeldBytes(t *testing.T) {
 	f := flight(t)
 	const maxHeld = 128 << 10
-	server, certAt := serverFlightWithCertificate(t, 200<<10, maxPlaintext)
+	server, certAt := serverFlightWith(t, junkCertificate(200<<10), maxPlaintext)
 	fault := startBackend(t, func(c *net.TCPConn) {
 		if _, err := io.ReadFull(c, make([]byte, len(f.Turns[0]))); err != nil {
 			return
