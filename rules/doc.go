@@ -29,6 +29,19 @@
 // which is tlssm.Events. The caller makes each event's parameter, best as
 // an Object, whose fields cost nothing until a rule reads them.
 //
+// # State machines in Lua
+//
+// A rule file may define a dissector written in Lua, with Haka's state
+// machine language (haka.dissector.new, haka.state_machine.new, state,
+// st:on{...}, tls.grammar.NAME elements; see luasm.go and the README).
+// Its events are registered while the set loads and hooked like the tls
+// dissector's; its machine is built with package sm when the file loads
+// and checked then, every mistake at its file and line. Installed, it
+// runs per connection beside the TLS machine, on the interpreter state of
+// the connection's rules, fed the units the TLS machine accepted through
+// tlssm.UnitHandler: NewTLSHandler returns a handler that implements it
+// only for connections an installed machine applies to.
+//
 // # Concurrency model
 //
 // A loaded rule set owns a fixed pool of interpreter states (PoolSize,

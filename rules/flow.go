@@ -152,25 +152,35 @@ func (f *Flow) ref() output.FlowRef {
 func (st *state) eval(f *Flow, ev Event, build func(*lua.LState) lua.LValue) []*output.Alert {
 	st.mu.Lock()
 	defer st.endEval()
-	L := st.L
 	st.cur, st.ev = f, ev
 	var param lua.LValue = lua.LNil
 	if build != nil {
-		param = build(L)
+		param = build(st.L)
 	}
-	if f.ud == nil {
-		f.ud = L.NewUserData()
-		f.ud.Value = f
-		f.ud.Metatable = st.flowMeta
-	}
-	rules := st.set.hooks[ev]
 	st.ctx.arm(st.set.opts.Deadline)
+	st.runRules(f, ev, param, nil)
+	st.ctx.disarm()
+	alerts := st.alerts
+	st.alerts = nil
+	return alerts
+}
+
+// runRules runs the rules of ev for f with the parameters param and
+// more, on st, which the caller holds with f as the flow being evaluated
+// and the deadline armed.
+func (st *state) runRules(f *Flow, ev Event, param lua.LValue, more []lua.LValue) {
+	L := st.L
+	ud := f.userdata(st)
+	rules := st.set.hooks[ev]
 	for i, fn := range st.evals[ev] {
 		st.rule = rules[i]
 		L.Push(fn)
-		L.Push(f.ud)
+		L.Push(ud)
 		L.Push(param)
-		if err := L.PCall(2, 0, nil); err != nil {
+		for _, v := range more {
+			L.Push(v)
+		}
+		if err := L.PCall(2+len(more), 0, nil); err != nil {
 			st.repanic(f, err)
 			overran := st.overran(err)
 			st.failed(f, err, overran)
@@ -182,10 +192,16 @@ func (st *state) eval(f *Flow, ev Event, build func(*lua.LState) lua.LValue) []*
 			break
 		}
 	}
-	st.ctx.disarm()
-	alerts := st.alerts
-	st.alerts = nil
-	return alerts
+}
+
+// userdata returns the flow's Lua object in st, made on first use.
+func (f *Flow) userdata(st *state) *lua.LUserData {
+	if f.ud == nil {
+		f.ud = st.L.NewUserData()
+		f.ud.Value = f
+		f.ud.Metatable = st.flowMeta
+	}
+	return f.ud
 }
 
 // overran tells a deadline stop from an error a rule raised by itself
@@ -198,7 +214,7 @@ func (st *state) overran(err error) bool {
 // endEval clears the evaluation context and unlocks; deferred, so that a
 // panic in the caller's build function cannot leave the state locked.
 func (st *state) endEval() {
-	st.cur, st.rule = nil, nil
+	st.cur, st.rule, st.evName = nil, nil, ""
 	st.alerts = nil
 	st.mu.Unlock()
 }
@@ -214,7 +230,7 @@ func (st *state) failed(f *Flow, err error, overran bool) {
 	}
 	st.log.Error("rule failed",
 		zap.String("rule", r.loc),
-		zap.String("event", st.set.reg.events[st.ev].display),
+		zap.String("event", st.eventName()),
 		zap.Uint64("flow", f.id),
 		zap.String("error", msg),
 		zap.Stringer("policy", st.set.opts.ErrorPolicy))
@@ -281,7 +297,7 @@ func (st *state) flowLog(L *lua.LState) int {
 		zap.Stringer("src", f.src),
 		zap.Stringer("dst", f.dst),
 		zap.String("rule", st.rule.loc),
-		zap.String("event", st.set.reg.events[st.ev].display),
+		zap.String("event", st.eventName()),
 	}
 	if f.info != nil {
 		if sni := f.info.Info().SNI; sni != "" {

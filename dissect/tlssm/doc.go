@@ -99,6 +99,11 @@
 // record event costs nothing unless a rule hooks it, and a certificate's
 // X.509 is parsed only when a rule reads the chain (Event.Chain).
 //
+// A Handler that also implements UnitHandler runs machines of its own
+// beside this one (the state machines users write in Lua): it is given
+// every unit this machine accepted, and its stream time advances and its
+// timeouts fire with the Session's. Other Handlers pay nothing for it.
+//
 // For a unit, the record event comes first, then the anomalies the record
 // layer found in it, then the unit's events (handshake then the message's
 // own event; alert; heartbeat; change_cipher_spec), then the anomalies the

@@ -85,6 +85,9 @@ func (s *Session) onHeartbeat(in *instance, e smEvent) {
 		ev.Heartbeat = hb
 		s.raise(ev)
 	}
+	if s.ux != nil {
+		s.ux.hb = hb
+	}
 
 	what := "heartbeat"
 	if !hb.Encrypted {

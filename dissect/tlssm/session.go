@@ -127,6 +127,9 @@ type Session struct {
 	// noTimers: timeouts fire only when a call passes them.
 	noTimers bool
 	trace    func(s *Session, from, to string)
+
+	// ux is set when h is a UnitHandler.
+	ux *unitScratch
 }
 
 // half is what a Session keeps of one direction.
@@ -182,6 +185,9 @@ func (f *Factory) New(flow *inspect.Flow, kill func(inspect.Decision)) (inspect.
 			s.hooks |= 1 << id
 		}
 	}
+	if uh, ok := s.h.(UnitHandler); ok {
+		s.ux = &unitScratch{h: uh}
+	}
 	s.mu.Lock()
 	returned := false
 	defer func() {
@@ -197,6 +203,8 @@ func (f *Factory) New(flow *inspect.Flow, kill func(inspect.Decision)) (inspect.
 	if ev := s.event(EvNewConnection, dissect.Up, 0); ev != nil {
 		s.raise(ev)
 	}
+	s.unitsAdvance()
+	s.armTimer()
 	returned = true
 	if s.decided {
 		return s, s.decision
@@ -366,6 +374,9 @@ func (s *Session) unit(d dissect.Direction, u *dissect.Unit) {
 		h.in.Err = errZeroLengthHandshake
 	}
 	s.in.Feed(sm.Direction(d), &h.in, s.now)
+	if s.ux != nil && !s.decided {
+		s.unitDone(d, u)
+	}
 }
 
 // framingError feeds the machine the error that stopped d's record layer:
@@ -549,6 +560,7 @@ func (s *Session) advance(now time.Time) {
 	if !s.decided && !s.in.Finished() {
 		s.in.Advance(s.now)
 	}
+	s.unitsAdvance()
 }
 
 // armTimer keeps one wall-clock timer on the machine's next deadline, and
@@ -558,6 +570,11 @@ func (s *Session) armTimer() {
 		return
 	}
 	at, ok := s.in.NextDeadline()
+	if s.ux != nil {
+		if uat, uok := s.ux.h.NextDeadline(); uok && (!ok || uat.Before(at)) {
+			at, ok = uat, true
+		}
+	}
 	if !ok || s.decided {
 		if s.timer != nil && !s.timerAt.IsZero() {
 			s.timer.Stop()
