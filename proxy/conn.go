@@ -513,6 +513,7 @@ func (c *conn) finish() {
 		p.metrics.refused(c.refused)
 	}
 	p.metrics.verdict(d.Verdict)
+	p.metrics.limit(d.Rule)
 	if d.Rule == ruleBuiltinFail {
 		p.metrics.InspectionError()
 	}

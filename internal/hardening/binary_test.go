@@ -167,11 +167,16 @@ func (h *haka) records() []record {
 	return out
 }
 
+// scraper reads the metrics over one kept-alive connection at most, so
+// that the proxy's descriptors and goroutines do not count more scrape
+// connections from one look to the next.
+var scraper = &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}}
+
 // scrape reads the proxy's metrics: every sample, keyed by its name and
 // labels as exposed ("haka_proxy_bytes_total{direction=\"up\"}").
 func (h *haka) scrape() map[string]float64 {
 	h.t.Helper()
-	resp, err := http.Get("http://" + h.metrics + "/metrics")
+	resp, err := scraper.Get("http://" + h.metrics + "/metrics")
 	if err != nil {
 		h.t.Fatalf("scraping the metrics: %v", err)
 	}

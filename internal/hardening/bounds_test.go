@@ -190,6 +190,11 @@ func TestNothingLeaksOnAnyPath(t *testing.T) {
 		}
 	}
 	eventually(t, "every connection closed", func() bool { return r.p.Active() == 0 })
+	for _, l := range []string{proxy.LimitHandshakeTimeout, proxy.LimitIdleTimeout, proxy.LimitMaxHeldBytes} {
+		if v := metric(r.metrics.Limits.WithLabelValues(l)); v != 1 {
+			t.Errorf("haka_proxy_limits_total{limit=%q} %v", l, v)
+		}
+	}
 
 	if err := r.engine.Reload(); err != nil {
 		t.Fatal(err)

@@ -157,10 +157,15 @@ func (l *lines) Sync() error { return nil }
 
 // match returns the lines for which f is true.
 func (l *lines) match(f func(map[string]any) bool) []map[string]any {
+	return l.matchFrom(0, f)
+}
+
+// matchFrom returns the lines after the first from for which f is true.
+func (l *lines) matchFrom(from int, f func(map[string]any) bool) []map[string]any {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var out []map[string]any
-	for _, m := range l.all {
+	for _, m := range l.all[min(from, len(l.all)):] {
 		if f(m) {
 			out = append(out, m)
 		}
@@ -182,19 +187,25 @@ func (l *lines) String() string {
 // wait waits until n lines match f and returns them.
 func (l *lines) wait(t testing.TB, what string, n int, f func(map[string]any) bool) []map[string]any {
 	t.Helper()
+	return l.waitFrom(t, what, 0, n, f)
+}
+
+// waitFrom waits until n lines after the first from match f.
+func (l *lines) waitFrom(t testing.TB, what string, from, n int, f func(map[string]any) bool) []map[string]any {
+	t.Helper()
 	deadline := time.NewTimer(waitFor)
 	defer deadline.Stop()
 	for {
 		l.mu.Lock()
 		more := l.more
 		l.mu.Unlock()
-		if got := l.match(f); len(got) >= n {
+		if got := l.matchFrom(from, f); len(got) >= n {
 			return got
 		}
 		select {
 		case <-more:
 		case <-deadline.C:
-			t.Fatalf("waited %v for %d %s, got %d; last lines:\n%s", waitFor, n, what, len(l.match(f)), l)
+			t.Fatalf("waited %v for %d %s, got %d; last lines:\n%s", waitFor, n, what, len(l.matchFrom(from, f)), l)
 		}
 	}
 }
@@ -260,6 +271,9 @@ type rigConfig struct {
 	MachineTimeout time.Duration
 	// OnSession, when set, is given each connection's Session.
 	OnSession func(*tlssm.Session)
+	// Discard throws the logs and records away instead of keeping them:
+	// for measurements of the heap.
+	Discard bool
 }
 
 // rig is a proxy as haka-proxy runs it — the TLS state machine with the
@@ -286,8 +300,12 @@ func newRig(t testing.TB, upstream string, cfg rigConfig) *rig {
 	r := &rig{t: t, upstream: upstream, routes: map[netip.Addr]string{}, logs: newLines(), recs: newLines()}
 	enc := zap.NewProductionEncoderConfig()
 	enc.TimeKey = "time"
-	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), r.logs, zapcore.DebugLevel))
-	records := output.NewWriter(r.recs, output.JSON)
+	var logOut, recOut io.Writer = r.logs, r.recs
+	if cfg.Discard {
+		logOut, recOut = io.Discard, io.Discard
+	}
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.AddSync(logOut), zapcore.DebugLevel))
+	records := output.NewWriter(recOut, output.JSON)
 	r.metrics = proxy.NewMetrics()
 	engine, err := rules.New(rules.Options{
 		FS:          cfg.Rules,

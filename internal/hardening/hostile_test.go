@@ -76,6 +76,9 @@ func TestSlowlorisClientHello(t *testing.T) {
 			t.Errorf("the upstream got %d bytes of the unfinished ClientHello", n)
 		}
 	})
+	if v := metric(r.metrics.Limits.WithLabelValues(proxy.LimitHandshakeTimeout)); v != 1 {
+		t.Errorf("haka_proxy_limits_total{limit=handshake_timeout} %v", v)
+	}
 }
 
 // handshakeMessages splits the handshake records of a turn into their
@@ -246,6 +249,9 @@ func TestHandshakeMessageOverMaxHeldBytes(t *testing.T) {
 			t.Errorf("record %+v", rec)
 		}
 	})
+	if v := metric(r.metrics.Limits.WithLabelValues(proxy.LimitMaxHeldBytes)); v != 1 {
+		t.Errorf("haka_proxy_limits_total{limit=max_held_bytes} %v", v)
+	}
 }
 
 // withStock returns the stock rules plus extra files.
