@@ -207,6 +207,7 @@ func (st *state) runRules(f *Flow, ev Event, param lua.LValue, more []lua.LValue
 			L.Push(v)
 		}
 		if err := L.PCall(2+len(more), 0, nil); err != nil {
+			st.repanic(f, err)
 			overran := st.overran(err)
 			st.failed(f, err, overran)
 			if overran {

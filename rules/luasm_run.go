@@ -178,6 +178,9 @@ func newLuaHandler(h *TLSHandler, f *inspect.Flow) *luaHandler {
 	}
 	lh := &luaHandler{TLSHandler: h, conns: make([]*luaConn, 0, len(ds))}
 	lh.begin(nil)
+	// Deferred: a panic (Go code under a function of the machine) must
+	// not leave the state locked for every connection that shares it.
+	defer lh.end()
 	for _, d := range ds {
 		c := &luaConn{h: lh, st: st, flow: h.flow, cm: d.machine}
 		c.self = st.userValue(c, st.lsm.selfMeta)
@@ -187,7 +190,6 @@ func newLuaHandler(h *TLSHandler, f *inspect.Flow) *luaHandler {
 		c.in = d.machine.m.New(c, f.Start)
 		c.settle()
 	}
-	lh.end()
 	return lh
 }
 
@@ -244,13 +246,13 @@ func (h *luaHandler) Unit(u *tlssm.Unit) inspect.Decision {
 	}
 	f.SetTime(u.Time)
 	h.begin(u)
+	defer h.end()
 	for _, c := range h.conns {
 		c.feed(u)
 		if f.dec.Verdict.Kills() {
 			break
 		}
 	}
-	h.end()
 	return f.dec
 }
 
@@ -261,6 +263,7 @@ func (h *luaHandler) Advance(now time.Time) inspect.Decision {
 		return f.dec
 	}
 	h.begin(nil)
+	defer h.end()
 	for _, c := range h.conns {
 		if !c.in.Finished() {
 			c.in.Advance(now)
@@ -270,7 +273,6 @@ func (h *luaHandler) Advance(now time.Time) inspect.Decision {
 			break
 		}
 	}
-	h.end()
 	return f.dec
 }
 
@@ -286,17 +288,22 @@ func (h *luaHandler) NextDeadline() (time.Time, bool) {
 // actions run), then the flow lets go of its rule set.
 func (h *luaHandler) Close() {
 	if !h.flow.closed {
-		h.begin(nil)
-		for _, c := range h.conns {
-			if !c.in.Finished() {
-				c.in.Finish()
-			}
-			c.self.Value = nil
-			c.data = nil
-		}
-		h.end()
+		h.finish()
 	}
 	h.TLSHandler.Close()
+}
+
+// finish runs the instances' finish actions.
+func (h *luaHandler) finish() {
+	h.begin(nil)
+	defer h.end()
+	for _, c := range h.conns {
+		if !c.in.Finished() {
+			c.in.Finish()
+		}
+		c.self.Value = nil
+		c.data = nil
+	}
 }
 
 // current returns the unit a field of a result of event id's kind is read
@@ -393,6 +400,7 @@ func (c *luaConn) call(fn *lua.LFunction, r *rule, ev luaEvent, nret int) (lua.L
 	err := L.PCall(1+n, nret, nil)
 	var ret lua.LValue = lua.LNil
 	if err != nil {
+		st.repanic(c.flow, err)
 		st.failed(c.flow, err, st.overran(err))
 	} else if nret > 0 {
 		ret = L.Get(-1)

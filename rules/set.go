@@ -75,6 +75,9 @@ type ruleSet struct {
 	hooks    [][]*rule // by Event, in evaluation order
 	states   []*state
 	created  *atomic.Int64 // the engine's count of states created
+	// closed, when set, is called once the states are closed (the
+	// engine's Stats).
+	closed func()
 
 	// refs counts the flows pinned to the set, plus one while it is the
 	// engine's current set. The states close when it drops to zero.
@@ -115,6 +118,9 @@ func (s *ruleSet) close() {
 		st.mu.Unlock()
 	}
 	s.release()
+	if s.closed != nil {
+		s.closed()
+	}
 }
 
 // loadSet compiles the *.lua files opts names, in name order, and runs

@@ -94,6 +94,9 @@ func newState(s *ruleSet, quiet bool) (*state, error) {
 		RegistrySize:     registrySize,
 		RegistryMaxSize:  registryMaxSize,
 		RegistryGrowStep: registryGrowStep,
+		// Only read when Go code under a rule panics (PanicError): the
+		// stack of where it panicked, which the recovery unwinds.
+		IncludeGoStackTrace: true,
 	})
 	st := &state{
 		set:     s,

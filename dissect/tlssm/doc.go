@@ -130,7 +130,10 @@
 //     (a request the other side has not answered is matched first in,
 //     first out; heartbeat records right after a leaking one are its
 //     rest); in cleartext, the response's payload_length against what the
-//     request could hold;
+//     request could hold. Four unanswered requests per direction are
+//     kept; a request past them is named (too_many_heartbeat_requests),
+//     since a leak in the answer to the oldest, forgotten, could then
+//     pass for the answer to a longer one;
 //  4. an encrypted request shorter than the negotiated record protection
 //     allows (heartbeat_request_too_short: the explicit nonce and tag of
 //     GCM and CCM, the tag of ChaCha20-Poly1305, the MAC, padding and, from

@@ -178,4 +178,5 @@ var AnomalyNames = []Field{
 	{AnomalyHeartbeatBeforeApplicationData, "machine", "Heartbleed layer 4: an encrypted heartbeat request before any application data in its direction"},
 	{AnomalyHeartbeatRequestTooShort, "machine", "Heartbleed layer 4: an encrypted heartbeat request shorter than the negotiated cipher allows"},
 	{AnomalyHeartbeatNotNegotiated, "machine", "a heartbeat the hellos did not negotiate, or a request the receiver does not allow, or any in TLS 1.3"},
+	{AnomalyTooManyHeartbeatRequests, "machine", "Heartbleed layer 3: a heartbeat request while four of its direction are unanswered; past them a leak could hide behind a longer request"},
 }

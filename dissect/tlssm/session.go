@@ -42,6 +42,10 @@ const (
 	// both offer the extension, or a request from a peer the other side
 	// does not allow to send them (RFC 6520 2), or a heartbeat in TLS 1.3.
 	AnomalyHeartbeatNotNegotiated = "heartbeat_not_negotiated"
+	// AnomalyTooManyHeartbeatRequests: a heartbeat request while more
+	// requests of its direction are unanswered than the machine can match
+	// with their responses (layer 3 would lose track of the oldest).
+	AnomalyTooManyHeartbeatRequests = "too_many_heartbeat_requests"
 )
 
 // notTLSHead is how many of a stream's first bytes a *NotTLSError quotes,
@@ -110,6 +114,10 @@ type Session struct {
 	// by the transition that jumps to fail.
 	failReason string
 	closed     bool
+	// broken: a call panicked (a bug in the machine, the grammar or a
+	// handler's Go code) with the machine or the handler half-way through
+	// an event; Close then only releases what the Session holds.
+	broken bool
 
 	// What the handshake established so far. Values only: the messages
 	// themselves reference the pump's buffer, valid during one Feed.
@@ -213,26 +221,48 @@ func (f *Factory) New(flow *inspect.Flow, kill func(inspect.Decision)) (inspect.
 		s.ux = &unitScratch{h: uh}
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	returned := false
+	defer func() {
+		if !returned {
+			// The caller gets no Session to Close: release the
+			// handler (its hold on the rule set) on the way out.
+			s.broken, s.closed = true, true
+			s.h.Close()
+		}
+		s.mu.Unlock()
+	}()
 	s.in = f.def.m.New(s, flow.Start)
 	if ev := s.event(EvNewConnection, dissect.Up, 0); ev != nil {
 		s.raise(ev)
 	}
 	s.unitsAdvance()
 	s.armTimer()
+	returned = true
 	if s.decided {
 		return s, s.decision
 	}
 	return s, inspect.Decision{}
 }
 
+// leave ends a call that holds the lock, deferred: a call that did not
+// return (a panic, on its way to the pump that recovers it) leaves the
+// Session broken, and never locked.
+func (s *Session) leave(returned *bool) {
+	if !*returned {
+		s.broken = true
+	}
+	s.mu.Unlock()
+}
+
 // Feed implements inspect.Inspector.
 func (s *Session) Feed(d dissect.Direction, pending []byte, now time.Time) inspect.Result {
 	s.mu.Lock()
+	returned := false
+	defer s.leave(&returned)
 	res := s.feed(d&1, pending, now)
 	s.release(d & 1)
 	s.armTimer()
-	s.mu.Unlock()
+	returned = true
 	return res
 }
 
@@ -415,9 +445,15 @@ func (s *Session) framingError(d dissect.Direction, err error, buf []byte) {
 // complete are not forwarded.
 func (s *Session) EOF(d dissect.Direction, pending []byte, now time.Time) inspect.Result {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	defer s.armTimer()
-	d &= 1
+	returned := false
+	defer s.leave(&returned)
+	res := s.eof(d&1, pending, now)
+	s.armTimer()
+	returned = true
+	return res
+}
+
+func (s *Session) eof(d dissect.Direction, pending []byte, now time.Time) inspect.Result {
 	h := &s.dirs[d]
 	s.advance(now)
 	h.eof = true
@@ -449,9 +485,15 @@ func (s *Session) EOF(d dissect.Direction, pending []byte, now time.Time) inspec
 // uninspected from then on.
 func (s *Session) Gap(d dissect.Direction, n int, now time.Time) inspect.Result {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	defer s.armTimer()
-	d &= 1
+	returned := false
+	defer s.leave(&returned)
+	res := s.gap(d&1, n, now)
+	s.armTimer()
+	returned = true
+	return res
+}
+
+func (s *Session) gap(d dissect.Direction, n int, now time.Time) inspect.Result {
 	h := &s.dirs[d]
 	s.advance(now)
 	if s.decided {
@@ -472,7 +514,9 @@ func (s *Session) Gap(d dissect.Direction, n int, now time.Time) inspect.Result 
 }
 
 // Close implements inspect.Inspector: end_connection, then the machine
-// finishes and the handler is released.
+// finishes and the handler is released. After a call that panicked, only
+// the handler is released: the machine and the handler may have been
+// half-way through an event.
 func (s *Session) Close(sum inspect.Summary) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -482,6 +526,10 @@ func (s *Session) Close(sum inspect.Summary) {
 	s.closed = true
 	if s.timer != nil {
 		s.timer.Stop()
+	}
+	if s.broken {
+		s.h.Close()
+		return
 	}
 	if s.hooks&(1<<EvEndConnection) != 0 {
 		ev := &s.ev
@@ -590,10 +638,27 @@ func (s *Session) armTimer() {
 }
 
 // onTimer fires the machine's due timeouts from the timer's goroutine and
-// kills the connection when one failed the machine.
+// kills the connection when one failed the machine. A panic there would
+// take the process down, as no pump is on this goroutine to recover it:
+// it is recovered and handed to kill as a Reset with inspect.RulePanic,
+// from the deferred function that recovered it, so that the proxy logs
+// the stack of where it panicked.
 func (s *Session) onTimer() {
 	s.mu.Lock()
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		r := recover()
+		s.broken = true
+		s.mu.Unlock()
+		if s.kill != nil {
+			s.kill(inspect.Decision{Verdict: inspect.Reset, Reason: fmt.Sprintf("panic: %v", r), Rule: inspect.RulePanic})
+		}
+	}()
 	if s.closed || s.decided || s.in.Finished() {
+		returned = true
 		s.mu.Unlock()
 		return
 	}
@@ -605,6 +670,7 @@ func (s *Session) onTimer() {
 	s.advance(now)
 	d, kill := s.decision, s.decided && s.decision.Verdict.Kills()
 	s.armTimer()
+	returned = true
 	s.mu.Unlock()
 	if kill && s.kill != nil {
 		s.kill(d)
