@@ -70,6 +70,11 @@ type conn struct {
 	// lastActive is the time of the last read either way, as an offset
 	// from flow.Start (monotonic).
 	lastActive atomic.Int64
+	// pumping is set once the pumps are set up: from then on the
+	// sweeper watches the connection's timeouts.
+	pumping atomic.Bool
+	// pl is the poller the pumps park in (nil without one).
+	pl *poller
 
 	mu         sync.Mutex
 	server     *net.TCPConn
@@ -82,7 +87,8 @@ type conn struct {
 	refused    string           // metrics reason when refused before dialling
 
 	up, down dir
-	pumps    atomic.Int32 // pumps still running; the last one finishes
+	pumps    atomic.Int32 // pumps not ended; the last one finishes
+	duration time.Duration
 }
 
 func (p *Proxy) newConn(tc *net.TCPConn) *conn {
@@ -107,25 +113,34 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// handle sets a connection up, starts the down pump on a goroutine of its
-// own and runs the up pump itself (one goroutine fewer to start and wake
-// per connection). Whichever pump ends last finishes the connection, so
-// that no goroutine waits just to clean up.
+// handle sets a connection up and runs its pumps' first steps on the
+// accepting goroutine, which then ends: the down pump parks in the
+// poller at once (the upstream has nothing to say yet), the up pump
+// forwards what the client sent first and parks when the client has
+// nothing more. From then on a pump runs only when its source has
+// bytes; whichever ends last finishes the connection.
 func (p *Proxy) handle(c *conn) {
 	if p.metrics != nil {
 		p.metrics.ConnectionsActive.Inc()
 	}
 	if !c.serve() {
-		c.finish()
+		c.finish(false)
 		return
 	}
-	c.pump(&c.up, "up")
+	if c.pl == nil {
+		// No poller: each pump keeps a goroutine.
+		go c.down.resume(false)
+	} else {
+		c.down.skipRead = true
+		c.down.resume(false)
+	}
+	c.up.resume(false)
 }
 
-// serve sets the connection up and starts the down pump; it reports
-// false when the connection ended before the pumps could start.
+// serve sets the connection up; it reports false when the connection
+// ended before the pumps could start.
 func (c *conn) serve() (started bool) {
-	defer c.recoverPanic("setup")
+	defer c.recoverSetup()
 	p := c.p
 	if p.cfg.ProxyProtocol.In && !c.readProxyHeader() {
 		return
@@ -159,42 +174,43 @@ func (c *conn) serve() (started bool) {
 			return
 		}
 	}
-	clientRaw, err := c.client.SyscallConn()
+	clientRaw, clientFD, err := rawConn(c.client)
 	if err != nil {
 		c.abort(fmt.Sprintf("client: %v", err), true)
 		return
 	}
-	serverRaw, err := server.SyscallConn()
+	serverRaw, serverFD, err := rawConn(server)
 	if err != nil {
 		c.abort(fmt.Sprintf("upstream: %v", err), true)
 		return
 	}
-	c.up.init(c, dissect.Up, c.client, server, clientRaw, serverRaw)
-	c.down.init(c, dissect.Down, server, c.client, serverRaw, clientRaw)
-
-	// The client has HandshakeTimeout from accept to send its opening
-	// message; then both sides have IdleTimeout between reads.
-	lim := &p.lim
-	first := lim.HandshakeTimeout
-	if c.helloDone.Load() {
-		first = lim.IdleTimeout
+	c.pl = p.pollerFor(c.flow.ID)
+	c.up.init(c, dissect.Up, c.client, server, clientRaw, serverRaw, clientFD, serverFD)
+	c.down.init(c, dissect.Down, server, c.client, serverRaw, clientRaw, serverFD, clientFD)
+	if c.pl != nil {
+		c.pl.register(c)
 	}
-	c.arm(c.client, c.flow.Start.Add(first))
-	c.arm(server, c.flow.Start.Add(lim.IdleTimeout))
-
 	c.pumps.Store(2)
-	go c.pump(&c.down, "down")
+	// The sweeper enforces the handshake timeout (from accept) and the
+	// idle timeout from here on.
+	c.pumping.Store(true)
+	// A stop before this point found no pump to wake: the pumps see it
+	// when they start.
 	return true
 }
 
-func (c *conn) pump(d *dir, where string) {
-	defer func() {
-		if c.pumps.Add(-1) == 0 {
-			c.finish()
-		}
-	}()
-	defer c.recoverPanic(where)
-	d.run()
+// rawConn returns the socket's RawConn and its descriptor, which the
+// pumps use directly: it stays open until finish closes the socket.
+func rawConn(tc *net.TCPConn) (syscall.RawConn, int, error) {
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return nil, -1, err
+	}
+	fd := -1
+	if err := raw.Control(func(s uintptr) { fd = int(s) }); err != nil {
+		return nil, -1, err
+	}
+	return raw, fd, nil
 }
 
 // dial connects to the upstream; on failure it ends the connection with
@@ -379,20 +395,26 @@ func (c *conn) abort(reason string, rst bool) {
 }
 
 // stop marks the connection stopped and wakes whatever waits on it. It
-// never closes a socket: a pump may be inside a read callback holding
-// the descriptor, and net.Conn.Close would wait for it. The sockets are
-// closed by finish, once both pumps are out.
+// never closes a socket: a pump may be using its descriptor. The sockets
+// are closed by finish, once both pumps have ended.
 func (c *conn) stop() {
 	c.stopped.Store(true)
 	c.mu.Lock()
 	server, cancel := c.server, c.cancelDial
 	c.mu.Unlock()
+	// Wake what waits in the runtime's poller: a dial, a PROXY header
+	// read, a hot pump, a write to a full socket.
 	c.client.SetDeadline(past)
 	if server != nil {
 		server.SetDeadline(past)
 	}
 	if cancel != nil {
 		cancel()
+	}
+	// And the pumps parked in the poller.
+	if c.pumping.Load() {
+		c.up.wake()
+		c.down.wake()
 	}
 }
 
@@ -414,15 +436,9 @@ func (c *conn) bypass(d inspect.Decision) {
 	if server != nil {
 		server.SetReadDeadline(past)
 	}
-}
-
-// arm sets a read deadline. The check after it closes the race with
-// stop: if stop's deadline in the past was overwritten, stopped is
-// already visible here and the past deadline is set again.
-func (c *conn) arm(tc *net.TCPConn, t time.Time) {
-	tc.SetReadDeadline(t)
-	if c.stopped.Load() {
-		tc.SetDeadline(past)
+	if c.pumping.Load() {
+		c.up.wake()
+		c.down.wake()
 	}
 }
 
@@ -430,15 +446,20 @@ func (c *conn) touch(now time.Time) {
 	c.lastActive.Store(int64(now.Sub(c.flow.Start)))
 }
 
-func (c *conn) recoverPanic(where string) {
-	r := recover()
-	if r == nil {
-		return
+// recoverSetup contains a panic while the connection is set up.
+func (c *conn) recoverSetup() {
+	if r := recover(); r != nil {
+		c.panicked(r, "setup")
 	}
+}
+
+// panicked logs and counts a panic in the connection's path, and resets
+// the connection.
+func (c *conn) panicked(r any, where string) {
 	c.p.metrics.panicked()
 	c.p.log.Error("panic in a connection; resetting it",
 		zap.Uint64("id", c.flow.ID), zap.String("where", where),
-		zap.String("panic", fmt.Sprint(r)), zap.StackSkip("stack", 1))
+		zap.String("panic", fmt.Sprint(r)), zap.StackSkip("stack", 2))
 	c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: fmt.Sprintf("panic: %v", r), Rule: RulePanic})
 }
 
@@ -456,14 +477,17 @@ func (c *conn) final() (inspect.Decision, bool) {
 	return d, c.rst
 }
 
-// finish closes both sockets, ends the inspection, and writes the
-// connection's log line, record and metrics.
-func (c *conn) finish() {
+// finish closes both sockets and frees the connection's slot; the
+// inspection's end, the log line, the record and the metrics follow at
+// once, or on the reporter's goroutine when finish runs on a poller (a
+// slow log or record writer must not hold up the other connections).
+func (c *conn) finish(onPoller bool) {
 	p := c.p
-	defer p.wg.Done()
-	d, rst := c.final()
 	c.mu.Lock()
-	server, upstream := c.server, c.upstream
+	server := c.server
+	c.mu.Unlock()
+	c.mu.Lock()
+	rst := c.rst
 	c.mu.Unlock()
 	if rst {
 		c.client.SetLinger(0)
@@ -475,8 +499,12 @@ func (c *conn) finish() {
 	if server != nil {
 		server.Close()
 	}
+	if c.pl != nil {
+		c.pl.unregister(c)
+	}
 	c.up.release()
 	c.down.release()
+	c.duration = time.Since(c.flow.Start)
 	// The slot is free once the sockets are: release it before the
 	// slower logging.
 	p.mu.Lock()
@@ -484,11 +512,26 @@ func (c *conn) finish() {
 	p.mu.Unlock()
 	p.active.Add(-1)
 	p.metrics.closed()
+	if onPoller {
+		p.reports.push(c)
+		return
+	}
+	c.report()
+}
 
+// report ends the inspection and writes the connection's log line,
+// record and metrics.
+func (c *conn) report() {
+	p := c.p
+	defer p.wg.Done()
+	d, _ := c.final()
+	c.mu.Lock()
+	upstream := c.upstream
+	c.mu.Unlock()
 	sum := inspect.Summary{
 		BytesUp:   c.up.fwd,
 		BytesDown: c.down.fwd,
-		Duration:  time.Since(c.flow.Start),
+		Duration:  c.duration,
 		Decision:  d,
 	}
 	info := c.closeInspector(sum)

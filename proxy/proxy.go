@@ -42,6 +42,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +64,12 @@ type Proxy struct {
 	factory atomic.Pointer[factoryBox]
 	bufs    bufPool
 	pipes   *pipePool
+
+	// Started by the first Serve, stopped by Shutdown (under mu).
+	started bool
+	pollers []*poller
+	sweeper *sweeper
+	reports *reporter
 
 	nextID      atomic.Uint64
 	active      atomic.Int64 // client connections counted against MaxConns
@@ -181,6 +188,9 @@ func (p *Proxy) Serve(ln net.Listener) error {
 		p.mu.Unlock()
 		return ErrShutdown
 	}
+	if !p.started {
+		p.start()
+	}
 	p.listeners[ln] = struct{}{}
 	p.mu.Unlock()
 	defer func() {
@@ -239,6 +249,62 @@ func (p *Proxy) Serve(ln net.Listener) error {
 		p.mu.Unlock()
 		go p.handle(c)
 	}
+}
+
+// maxPollers bounds the pollers of a proxy: one per processor lets every
+// core run pumps; past a handful the pollers are never the bottleneck,
+// and each costs a goroutine and a descriptor.
+const maxPollers = 8
+
+// start starts the pollers, the sweeper and the reporter; p.mu is held.
+// Without epoll (or when an epoll set cannot be made) every pump keeps
+// a goroutine of its own, as net.Conn users do.
+func (p *Proxy) start() {
+	p.started = true
+	if pollerSupported {
+		n := min(max(runtime.GOMAXPROCS(0), 1), maxPollers)
+		for range n {
+			pl, err := newPoller()
+			if err != nil {
+				p.log.Warn("no poller: every connection keeps two goroutines", zap.Error(err))
+				for _, pl := range p.pollers {
+					pl.close()
+				}
+				p.pollers = nil
+				break
+			}
+			p.pollers = append(p.pollers, pl)
+		}
+	}
+	p.sweeper = p.startSweeper()
+	p.reports = startReporter()
+}
+
+// stop stops what start started, once no connection is left.
+func (p *Proxy) stop() {
+	p.mu.Lock()
+	pollers, sw, rep := p.pollers, p.sweeper, p.reports
+	p.pollers, p.sweeper, p.reports = nil, nil, nil
+	p.mu.Unlock()
+	for _, pl := range pollers {
+		pl.close()
+	}
+	if sw != nil {
+		sw.stop()
+	}
+	if rep != nil {
+		rep.stop()
+	}
+}
+
+// pollerFor returns the poller of a new connection, round robin. No
+// lock: the pollers are set before the first connection is accepted and
+// cleared after the last one is gone.
+func (p *Proxy) pollerFor(id uint64) *poller {
+	if len(p.pollers) == 0 {
+		return nil
+	}
+	return p.pollers[id%uint64(len(p.pollers))]
 }
 
 // refuse resets a connection that will not be proxied. RST rather than
@@ -326,6 +392,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		}
 		<-done
 	}
+	p.stop()
 	p.pipes.close()
 	return err
 }
