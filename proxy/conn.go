@@ -16,6 +16,7 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/hakaproxy/haka-proxy/dissect"
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
@@ -55,7 +56,7 @@ var past = time.Unix(1, 0)
 type conn struct {
 	p      *Proxy
 	flow   inspect.Flow
-	client *net.TCPConn
+	client sock
 	insp   inspect.Inspector
 
 	// stopped is set once the connection must end (a killing verdict, an
@@ -73,11 +74,14 @@ type conn struct {
 	// pumping is set once the pumps are set up: from then on the
 	// sweeper watches the connection's timeouts.
 	pumping atomic.Bool
+	// connecting: the proxy's own non-blocking connect to the upstream
+	// is in progress (see connect); the pumps wait for it.
+	connecting atomic.Bool
 	// pl is the poller the pumps park in (nil without one).
 	pl *poller
 
 	mu         sync.Mutex
-	server     *net.TCPConn
+	server     *sock // set once, under mu: stop may look at it meanwhile
 	upstream   string
 	cancelDial context.CancelFunc
 	decision   inspect.Decision // killing or bypass verdict
@@ -91,17 +95,18 @@ type conn struct {
 	duration time.Duration
 }
 
-func (p *Proxy) newConn(tc *net.TCPConn) *conn {
+// newConn makes a connection; the caller sets its client socket.
+func (p *Proxy) newConn(src, dst netip.AddrPort) *conn {
 	c := &conn{
-		p:      p,
-		client: tc,
+		p: p,
 		flow: inspect.Flow{
 			ID:    p.nextID.Add(1),
-			Src:   addrPort(tc.RemoteAddr()),
-			Dst:   addrPort(tc.LocalAddr()),
+			Src:   src,
+			Dst:   dst,
 			Start: time.Now(),
 		},
 	}
+	c.client.fd = -1
 	return c
 }
 
@@ -113,20 +118,23 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// handle sets a connection up and runs its pumps' first steps on the
-// accepting goroutine, which then ends: the down pump parks in the
-// poller at once (the upstream has nothing to say yet), the up pump
-// forwards what the client sent first and parks when the client has
-// nothing more. From then on a pump runs only when its source has
-// bytes; whichever ends last finishes the connection.
+// handle sets a connection up, dialling the upstream with the Go dialer
+// or the DialFunc, and runs its pumps' first steps on the accepting
+// goroutine, which then ends (see run).
 func (p *Proxy) handle(c *conn) {
-	if p.metrics != nil {
-		p.metrics.ConnectionsActive.Inc()
-	}
 	if !c.serve() {
 		c.finish(false)
 		return
 	}
+	c.run()
+}
+
+// run runs the pumps' first steps once the upstream is connected: the
+// down pump parks in the poller at once (the upstream has nothing to say
+// yet), the up pump forwards what the client sent first and parks when
+// the client has nothing more. From then on a pump runs only when its
+// source has bytes; whichever ends last finishes the connection.
+func (c *conn) run() {
 	if c.pl == nil {
 		// No poller: each pump keeps a goroutine.
 		go c.down.resume(false)
@@ -145,76 +153,82 @@ func (c *conn) serve() (started bool) {
 	if p.cfg.ProxyProtocol.In && !c.readProxyHeader() {
 		return
 	}
+	if !c.inspect() {
+		return
+	}
+	tc := c.dial()
+	if tc == nil {
+		return
+	}
+	server := &sock{fd: -1}
+	if err := server.setTCP(tc); err != nil {
+		tc.Close()
+		c.abort(fmt.Sprintf("upstream: %v", err), true)
+		return
+	}
+	c.setServer(server)
+	if v := p.cfg.ProxyProtocol.Out; v != 0 {
+		if err := c.writeProxyHeader(v); err != nil {
+			c.abort(fmt.Sprintf("upstream: writing PROXY header: %v", err), true)
+			return
+		}
+	}
+	c.startPumps()
+	return true
+}
 
+// inspect gets the connection's inspector from the factory; it reports
+// false when the factory refused the connection.
+func (c *conn) inspect() bool {
+	p := c.p
 	insp, d := p.factory.Load().f.New(&c.flow, c.kill)
 	c.insp = insp
 	switch {
 	case d.Verdict.Kills():
 		c.refused = RefusedInspector
 		c.kill(d)
-		return
+		return false
 	case insp == nil:
 		p.metrics.InspectionError()
 		c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: "inspector factory returned no inspector", Rule: RuleInspector})
-		return
+		return false
 	case d.Verdict == inspect.Bypass:
 		c.bypass(d)
 	}
-	if c.stopped.Load() {
-		return
-	}
+	return !c.stopped.Load()
+}
 
-	server := c.dial()
-	if server == nil {
-		return
+// setServer records the upstream socket; a stop that ran before saw
+// none, so it is woken here.
+func (c *conn) setServer(s *sock) {
+	c.mu.Lock()
+	c.server = s
+	c.mu.Unlock()
+	if c.stopped.Load() {
+		s.setDeadline(past)
 	}
-	if v := p.cfg.ProxyProtocol.Out; v != 0 {
-		if err := c.writeProxyHeader(server, v); err != nil {
-			c.abort(fmt.Sprintf("upstream: writing PROXY header: %v", err), true)
-			return
-		}
-	}
-	clientRaw, clientFD, err := rawConn(c.client)
-	if err != nil {
-		c.abort(fmt.Sprintf("client: %v", err), true)
-		return
-	}
-	serverRaw, serverFD, err := rawConn(server)
-	if err != nil {
-		c.abort(fmt.Sprintf("upstream: %v", err), true)
-		return
-	}
+}
+
+// startPumps sets the pumps up, before they first run.
+func (c *conn) startPumps() {
+	p := c.p
+	server := c.server
 	c.pl = p.pollerFor(c.flow.ID)
-	c.up.init(c, dissect.Up, c.client, server, clientRaw, serverRaw, clientFD, serverFD)
-	c.down.init(c, dissect.Down, server, c.client, serverRaw, clientRaw, serverFD, clientFD)
+	c.up.init(c, dissect.Up, &c.client, server)
+	c.down.init(c, dissect.Down, server, &c.client)
 	if c.pl != nil {
 		c.pl.register(c)
 	}
 	c.pumps.Store(2)
 	// The sweeper enforces the handshake timeout (from accept) and the
-	// idle timeout from here on.
+	// idle timeout from here on. A stop before this point found no pump
+	// to wake: the pumps see it when they start.
 	c.pumping.Store(true)
-	// A stop before this point found no pump to wake: the pumps see it
-	// when they start.
-	return true
 }
 
-// rawConn returns the socket's RawConn and its descriptor, which the
-// pumps use directly: it stays open until finish closes the socket.
-func rawConn(tc *net.TCPConn) (syscall.RawConn, int, error) {
-	raw, err := tc.SyscallConn()
-	if err != nil {
-		return nil, -1, err
-	}
-	fd := -1
-	if err := raw.Control(func(s uintptr) { fd = int(s) }); err != nil {
-		return nil, -1, err
-	}
-	return raw, fd, nil
-}
-
-// dial connects to the upstream; on failure it ends the connection with
-// a reason naming the cause and returns nil.
+// dial connects to the upstream with the Go dialer or the DialFunc; on
+// failure it ends the connection with a reason naming the cause and
+// returns nil.
 func (c *conn) dial() *net.TCPConn {
 	p := c.p
 	ctx, cancel := context.WithTimeout(context.Background(), p.lim.DialTimeout)
@@ -237,25 +251,29 @@ func (c *conn) dial() *net.TCPConn {
 	c.mu.Lock()
 	c.cancelDial = nil
 	if err == nil {
-		c.server = server
 		c.upstream = server.RemoteAddr().String()
 	}
 	c.mu.Unlock()
 	if err != nil {
-		if c.stopped.Load() {
-			return nil // killed while dialling: the kill gave the reason
-		}
-		cause, text := dialCause(err)
-		p.metrics.dialError(cause)
-		c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: "upstream " + text + ": " + err.Error(), Rule: RuleUpstream})
+		c.dialFailed(err)
 		return nil
 	}
 	if c.stopped.Load() {
-		// A kill raced with the dial: it may not have seen the server.
-		server.SetDeadline(past)
+		server.Close() // killed while dialling
 		return nil
 	}
 	return server
+}
+
+// dialFailed ends the connection after a failed dial, with a reason
+// naming the cause.
+func (c *conn) dialFailed(err error) {
+	if c.stopped.Load() {
+		return // killed while dialling: the kill gave the reason
+	}
+	cause, text := dialCause(err)
+	c.p.metrics.dialError(cause)
+	c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: "upstream " + text + ": " + err.Error(), Rule: RuleUpstream})
 }
 
 // dialCause classifies a dial error: the metric label and the words for
@@ -287,8 +305,8 @@ func dialCause(err error) (label, text string) {
 func (c *conn) readProxyHeader() bool {
 	pp := &c.p.cfg.ProxyProtocol
 	trusted := pp.trusts(c.flow.Src.Addr())
-	br := bufio.NewReaderSize(c.client, ppReadBufSize)
-	hdr, err := proxyproto.ReadHeaderTimeout(c.client, br, pp.Timeout)
+	br := bufio.NewReaderSize(c.client.tc, ppReadBufSize)
+	hdr, err := proxyproto.ReadHeaderTimeout(c.client.tc, br, pp.Timeout)
 	if c.stopped.Load() {
 		return false
 	}
@@ -351,15 +369,28 @@ func (c *conn) refuseProxyProtocol(reason string) {
 	c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: "PROXY protocol: " + reason, Rule: RuleProxyProtocol})
 }
 
-func (c *conn) writeProxyHeader(server *net.TCPConn, version int) error {
+// writeProxyHeader sends the PROXY header to the freshly connected
+// upstream: a few dozen bytes into an empty send buffer, so a write that
+// would block or comes up short is an error, not something to wait for.
+func (c *conn) writeProxyHeader(version int) error {
 	h := proxyproto.HeaderProxyFromAddrs(byte(version),
 		net.TCPAddrFromAddrPort(c.flow.Src), net.TCPAddrFromAddrPort(c.flow.Dst))
 	b, err := h.Format()
 	if err != nil {
 		return err
 	}
-	_, err = server.Write(b)
-	return err
+	for {
+		n, err := unix.Write(c.server.fd, b)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return err
+		case n < len(b):
+			return fmt.Errorf("wrote %d of %d bytes", n, len(b))
+		}
+		return nil
+	}
 }
 
 // kill ends the connection with a verdict; it is the kill function given
@@ -404,9 +435,9 @@ func (c *conn) stop() {
 	c.mu.Unlock()
 	// Wake what waits in the runtime's poller: a dial, a PROXY header
 	// read, a hot pump, a write to a full socket.
-	c.client.SetDeadline(past)
+	c.client.setDeadline(past)
 	if server != nil {
-		server.SetDeadline(past)
+		server.setDeadline(past)
 	}
 	if cancel != nil {
 		cancel()
@@ -432,9 +463,9 @@ func (c *conn) bypass(d inspect.Decision) {
 	if c.bypassed.Swap(true) {
 		return
 	}
-	c.client.SetReadDeadline(past)
+	c.client.setReadDeadline(past)
 	if server != nil {
-		server.SetReadDeadline(past)
+		server.setReadDeadline(past)
 	}
 	if c.pumping.Load() {
 		c.up.wake()
@@ -490,14 +521,14 @@ func (c *conn) finish(onPoller bool) {
 	rst := c.rst
 	c.mu.Unlock()
 	if rst {
-		c.client.SetLinger(0)
+		c.client.resetOnClose()
 		if server != nil {
-			server.SetLinger(0)
+			server.resetOnClose()
 		}
 	}
-	c.client.Close()
+	c.client.close()
 	if server != nil {
-		server.Close()
+		server.close()
 	}
 	if c.pl != nil {
 		c.pl.unregister(c)

@@ -7,6 +7,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hakaproxy/haka-proxy/dissect"
 )
 
 const (
@@ -105,7 +107,7 @@ func (pl *poller) poll(fd uintptr) bool {
 		}
 		for i := range n {
 			ev := &pl.events[i]
-			pl.fire(eventKey(ev), ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
+			pl.fire(eventKey(ev), ev.Events)
 		}
 		if n < len(pl.events) {
 			return false
@@ -114,22 +116,27 @@ func (pl *poller) poll(fd uintptr) bool {
 }
 
 // fire runs the pump registered under key, if it is parked; a pump
-// running elsewhere is only told that it was woken. end: the socket
-// reported its end (or an error) along with its bytes.
+// running elsewhere is only told that it was woken.
 //
 // A pump parks after a short read, trusting the level-triggered
 // registration to report what comes later. What came before this very
 // wait is the exception: an end that arrived before it is reported
 // now, but the socket stays readable without a new wake-up of the
-// poller. So a pump woken with end set reads on to EAGAIN or the end.
-func (pl *poller) fire(key uint64, end bool) {
+// poller. So a pump woken with its socket's end (or an error) reported
+// reads on to EAGAIN or the end.
+func (pl *poller) fire(key uint64, events uint32) {
 	pl.mu.Lock()
 	d := pl.dirs[key]
 	pl.mu.Unlock()
-	if d != nil && d.claim() {
-		d.evEnd = end
-		d.resume(true)
+	if d == nil || !d.claim() {
+		return
 	}
+	if d.d == dissect.Down && d.c.connecting.Load() {
+		d.c.connected(events)
+		return
+	}
+	d.evEnd = events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	d.resume(true)
 }
 
 // register makes the pumps of c known to the poller, before either

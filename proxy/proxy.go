@@ -42,6 +42,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -70,6 +71,10 @@ type Proxy struct {
 	pollers []*poller
 	sweeper *sweeper
 	reports *reporter
+
+	// upstream is Config.Upstream when the fast path can connect to it
+	// (see serveRaw).
+	upstream netip.AddrPort
 
 	nextID      atomic.Uint64
 	active      atomic.Int64 // client connections counted against MaxConns
@@ -117,6 +122,7 @@ func New(cfg Config) (*Proxy, error) {
 	if p.log == nil {
 		p.log = zap.NewNop()
 	}
+	p.upstream = upstreamAddr(&p.cfg)
 	// Keep-alive probes are off on the upstream side (as on the client
 	// side, see Listen): an idle connection is reaped by IdleTimeout, and
 	// Go's default keep-alive costs three setsockopt calls per socket.
@@ -234,7 +240,13 @@ func (p *Proxy) Serve(ln net.Listener) error {
 			p.refuse(tc, RefusedMaxConns)
 			continue
 		}
-		c := p.newConn(tc)
+		c := p.newConn(addrPort(tc.RemoteAddr()), addrPort(tc.LocalAddr()))
+		if err := c.client.setTCP(tc); err != nil {
+			p.active.Add(-1)
+			p.log.Error("accepted connection unusable; closing it", zap.Error(err))
+			tc.Close()
+			continue
+		}
 		// Registering under mu orders this Add before Shutdown's Wait:
 		// once draining is set, no connection joins the group.
 		p.mu.Lock()
@@ -247,7 +259,14 @@ func (p *Proxy) Serve(ln net.Listener) error {
 		p.wg.Add(1)
 		p.conns[c] = struct{}{}
 		p.mu.Unlock()
-		go p.handle(c)
+		if p.metrics != nil {
+			p.metrics.ConnectionsActive.Inc()
+		}
+		if !p.fastPath() {
+			go p.handle(c)
+		} else if !c.startRaw() {
+			c.finish(false)
+		}
 	}
 }
 
@@ -310,12 +329,17 @@ func (p *Proxy) pollerFor(id uint64) *poller {
 // refuse resets a connection that will not be proxied. RST rather than
 // FIN: the client learns at once, and no TIME_WAIT is left on our side.
 func (p *Proxy) refuse(tc *net.TCPConn, reason string) {
-	// Count and log before the reset, which the client may act on at once.
-	defer tc.Close()
 	tc.SetLinger(0)
+	p.refused(tc.RemoteAddr().String(), reason)
+	tc.Close()
+}
+
+// refused counts and logs a refusal, before the reset, which the client
+// may act on at once.
+func (p *Proxy) refused(src, reason string) {
 	p.metrics.refused(reason)
 	if ce := p.log.Check(zap.DebugLevel, "connection refused"); ce != nil {
-		ce.Write(zap.String("src", tc.RemoteAddr().String()), zap.String("reason", reason))
+		ce.Write(zap.String("src", src), zap.String("reason", reason))
 	}
 	if reason != RefusedMaxConns {
 		return

@@ -7,7 +7,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -107,10 +106,9 @@ func (b *bufPool) put(a *[bufSize]byte) { b.p.Put(a) }
 // poller a write that would block hands the pump to a goroutine, which
 // may wait.
 type dir struct {
-	c              *conn
-	d              dissect.Direction
-	src, dst       *net.TCPConn
-	srcRaw, dstRaw syscall.RawConn
+	c        *conn
+	d        dissect.Direction
+	src, dst *sock
 	// srcFD and dstFD are the sockets' descriptors. They stay valid
 	// while the pump runs: the sockets are closed by finish, once both
 	// pumps have ended.
@@ -168,10 +166,9 @@ type dir struct {
 	werr                    error
 }
 
-func (d *dir) init(c *conn, dd dissect.Direction, src, dst *net.TCPConn, srcRaw, dstRaw syscall.RawConn, srcFD, dstFD int) {
+func (d *dir) init(c *conn, dd dissect.Direction, src, dst *sock) {
 	d.c, d.d, d.src, d.dst = c, dd, src, dst
-	d.srcRaw, d.dstRaw = srcRaw, dstRaw
-	d.srcFD, d.dstFD = srcFD, dstFD
+	d.srcFD, d.dstFD = src.fd, dst.fd
 	d.key = c.flow.ID<<1 | uint64(dd&1)
 	if c.pl == nil {
 		d.hot.Store(true)
@@ -243,6 +240,14 @@ func (d *dir) resume(onPoller bool) {
 			}
 		}
 	}()
+	for d.c.connecting.Load() && !d.c.stopped.Load() {
+		// Woken before the upstream answered the proxy's connect: the
+		// pumps wait for it (the poller runs them once connected).
+		if d.state.CompareAndSwap(stRunning, stParked) {
+			return
+		}
+		d.state.Store(stRunning)
+	}
 	if d.run(onPoller) {
 		d.end(onPoller)
 	}
@@ -375,10 +380,14 @@ func (d *dir) handOff() bool {
 }
 
 func (d *dir) resumeHot() {
-	// A deadline in the past left by a wake-up (bypass, cool) while the
-	// pump was cold would end the first wait at once; clear it. A stop
-	// sets stopped before its deadline, and run looks at stopped first.
-	d.src.SetReadDeadline(time.Time{})
+	// A raw source is made known to the runtime's poller. A deadline in
+	// the past left by a wake-up (bypass, cool) while the pump was cold
+	// would end the first wait at once: clear it. A stop sets stopped
+	// before its deadline, and run looks at stopped first.
+	if _, err := d.src.waiter(d.c); err != nil {
+		d.c.abort(fmt.Sprintf("%s: %v", d.srcName(), err), true)
+	}
+	d.src.setReadDeadline(time.Time{})
 	d.resume(false)
 }
 
@@ -409,11 +418,14 @@ func (d *dir) waitFill() (fillResult, int) {
 		d.hotFn = d.hotFill
 	}
 	d.last = fillAgain
-	err := d.srcRaw.Read(d.hotFn)
+	raw, err := d.src.waiter(d.c)
+	if err == nil {
+		err = raw.Read(d.hotFn)
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		d.src.SetReadDeadline(time.Time{})
+		d.src.setReadDeadline(time.Time{})
 		return fillAgain, 0
 	default:
 		if !d.c.stopped.Load() {
@@ -643,7 +655,11 @@ func (d *dir) flush(onPoller bool) flushResult {
 	if d.writeFn == nil {
 		d.writeFn = d.writeOwed
 	}
-	if err := d.dstRaw.Write(d.writeFn); err != nil && d.werr == nil {
+	raw, err := d.dst.waiter(d.c)
+	if err == nil {
+		err = raw.Write(d.writeFn)
+	}
+	if err != nil && d.werr == nil {
 		d.werr = err
 	}
 	return d.flushed()

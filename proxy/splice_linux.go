@@ -164,7 +164,11 @@ func (d *dir) drain(onPoller bool) flushResult {
 	if d.drainFn == nil {
 		d.drainFn = d.spliceOut
 	}
-	if err := d.dstRaw.Write(d.drainFn); err != nil && d.werr == nil {
+	raw, err := d.dst.waiter(d.c)
+	if err == nil {
+		err = raw.Write(d.drainFn)
+	}
+	if err != nil && d.werr == nil {
 		d.werr = err
 	}
 	return d.drained()

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -28,7 +29,7 @@ const (
 // timeout fires within one period after it is due, a tenth of the
 // shortest timeout.
 func sweepPeriod(l Limits) time.Duration {
-	return min(max(min(l.HandshakeTimeout, l.IdleTimeout)/10, sweepMin), sweepMax)
+	return min(max(min(l.HandshakeTimeout, l.IdleTimeout, l.DialTimeout)/10, sweepMin), sweepMax)
 }
 
 // sweeper enforces the handshake and idle timeouts of every connection
@@ -81,6 +82,12 @@ func (p *Proxy) sweep(now time.Time, buf []*conn) []*conn {
 			continue
 		}
 		elapsed := now.Sub(c.flow.Start)
+		if c.connecting.Load() {
+			if elapsed >= lim.DialTimeout {
+				c.dialFailed(c.dialError("connect", os.ErrDeadlineExceeded))
+			}
+			continue
+		}
 		if !c.helloDone.Load() && elapsed >= lim.HandshakeTimeout {
 			c.kill(inspect.Decision{
 				Verdict: inspect.Drop,
@@ -111,7 +118,7 @@ func (p *Proxy) sweep(now time.Time, buf []*conn) []*conn {
 // cool.
 func (d *dir) coolDown() {
 	if d.hot.Load() && !d.cool.Swap(true) {
-		d.src.SetReadDeadline(past)
+		d.src.setReadDeadline(past)
 	}
 }
 
