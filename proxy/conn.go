@@ -544,7 +544,7 @@ func (c *conn) finish(onPoller bool) {
 	p.active.Add(-1)
 	p.metrics.closed()
 	if onPoller {
-		p.reports.push(c)
+		c.pl.ended = append(c.pl.ended, c)
 		return
 	}
 	c.report()

@@ -57,10 +57,14 @@ type poller struct {
 	dirs map[uint64]*dir
 
 	events [pollBatch]unix.EpollEvent
-	done   chan struct{}
+	// ended collects the connections finished by the pumps of one batch
+	// of events, for the reporter (see conn.finish); poller only.
+	ended   []*conn
+	reports *reporter
+	done    chan struct{}
 }
 
-func newPoller() (*poller, error) {
+func newPoller(reports *reporter) (*poller, error) {
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -77,7 +81,7 @@ func newPoller() (*poller, error) {
 		f.Close()
 		return nil, fmt.Errorf("epoll: %w", err)
 	}
-	pl := &poller{epfd: fd, file: f, raw: raw, dirs: make(map[uint64]*dir), done: make(chan struct{})}
+	pl := &poller{epfd: fd, file: f, raw: raw, dirs: make(map[uint64]*dir), reports: reports, done: make(chan struct{})}
 	pl.wait = pl.poll
 	go pl.run()
 	return pl, nil
@@ -108,6 +112,11 @@ func (pl *poller) poll(fd uintptr) bool {
 		for i := range n {
 			ev := &pl.events[i]
 			pl.fire(eventKey(ev), ev.Events)
+		}
+		if len(pl.ended) > 0 {
+			pl.reports.push(pl.ended)
+			clear(pl.ended)
+			pl.ended = pl.ended[:0]
 		}
 		if n < len(pl.events) {
 			return false

@@ -8,9 +8,9 @@ import "errors"
 // runtime's poller (see dir.hot).
 const pollerSupported = false
 
-type poller struct{}
+type poller struct{ ended []*conn }
 
-func newPoller() (*poller, error) { return nil, errors.New("no epoll on this system") }
+func newPoller(*reporter) (*poller, error) { return nil, errors.New("no epoll on this system") }
 
 func (*poller) register(*conn)   {}
 func (*poller) unregister(*conn) {}

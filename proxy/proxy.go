@@ -280,10 +280,11 @@ const maxPollers = 8
 // a goroutine of its own, as net.Conn users do.
 func (p *Proxy) start() {
 	p.started = true
+	p.reports = startReporter()
 	if pollerSupported {
 		n := min(max(runtime.GOMAXPROCS(0), 1), maxPollers)
 		for range n {
-			pl, err := newPoller()
+			pl, err := newPoller(p.reports)
 			if err != nil {
 				p.log.Warn("no poller: every connection keeps two goroutines", zap.Error(err))
 				for _, pl := range p.pollers {
@@ -296,7 +297,6 @@ func (p *Proxy) start() {
 		}
 	}
 	p.sweeper = p.startSweeper()
-	p.reports = startReporter()
 }
 
 // stop stops what start started, once no connection is left.

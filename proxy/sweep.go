@@ -123,7 +123,8 @@ func (d *dir) coolDown() {
 }
 
 // reporter ends the connections that finished on a poller: inspector's
-// end, log line, record, metrics. One goroutine takes them in batches.
+// end, log line, record, metrics. One goroutine takes them in batches: a
+// poller hands over what finished during one batch of events at once.
 type reporter struct {
 	mu   sync.Mutex
 	q    []*conn
@@ -138,9 +139,10 @@ func startReporter() *reporter {
 	return r
 }
 
-func (r *reporter) push(c *conn) {
+// push queues the connections of one batch of a poller.
+func (r *reporter) push(cs []*conn) {
 	r.mu.Lock()
-	r.q = append(r.q, c)
+	r.q = append(r.q, cs...)
 	r.mu.Unlock()
 	select {
 	case r.wake <- struct{}{}:
