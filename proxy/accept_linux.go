@@ -76,7 +76,7 @@ func (c *conn) connect() bool {
 	c.down.state.Store(stParked)
 	ev := unix.EpollEvent{Events: unix.EPOLLOUT | unix.EPOLLONESHOT}
 	setEventKey(&ev, c.down.key)
-	if err := unix.EpollCtl(c.pl.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := sysEpollCtl(c.pl.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		// The stop below wakes both pumps, which end.
 		c.abort(fmt.Sprintf("upstream: epoll_ctl: %v", err), true)
 	}
@@ -119,7 +119,7 @@ func (c *conn) connected(events uint32) {
 	// From now on the upstream socket reports reads, level-triggered.
 	ev := unix.EpollEvent{Events: pollEvents}
 	setEventKey(&ev, d.key)
-	if err := unix.EpollCtl(c.pl.epfd, unix.EPOLL_CTL_MOD, d.srcFD, &ev); err != nil {
+	if err := sysEpollCtl(c.pl.epfd, unix.EPOLL_CTL_MOD, d.srcFD, &ev); err != nil {
 		c.abort(fmt.Sprintf("upstream: epoll_ctl: %v", err), true)
 		d.resume(true)
 		return

@@ -102,7 +102,7 @@ func (pl *poller) run() {
 // lost.
 func (pl *poller) poll(fd uintptr) bool {
 	for {
-		n, err := unix.EpollWait(int(fd), pl.events[:], 0)
+		n, err := sysEpollPoll(int(fd), pl.events[:])
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -173,7 +173,7 @@ func (pl *poller) arm(d *dir) error {
 	}
 	ev := unix.EpollEvent{Events: pollEvents}
 	setEventKey(&ev, d.key)
-	if err := unix.EpollCtl(pl.epfd, unix.EPOLL_CTL_ADD, d.srcFD, &ev); err != nil {
+	if err := sysEpollCtl(pl.epfd, unix.EPOLL_CTL_ADD, d.srcFD, &ev); err != nil {
 		return fmt.Errorf("epoll_ctl: %w", err)
 	}
 	d.armed = true
@@ -189,7 +189,7 @@ func (pl *poller) disarm(d *dir) {
 	}
 	d.armed = false
 	// Only fails for a socket not in the set.
-	unix.EpollCtl(pl.epfd, unix.EPOLL_CTL_DEL, d.srcFD, nil)
+	sysEpollCtl(pl.epfd, unix.EPOLL_CTL_DEL, d.srcFD, nil)
 }
 
 // close stops the poller once no pump is parked in it any more.

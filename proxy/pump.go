@@ -484,7 +484,7 @@ func (d *dir) fill(fd int) (fillResult, int) {
 // read reads into pending and shows the new bytes to the inspector.
 func (d *dir) read(fd int) (fillResult, int) {
 	space := d.space()
-	n, err := unix.Read(fd, space)
+	n, err := sysRead(fd, space)
 	if err != nil {
 		return d.readError(err), 0
 	}
@@ -524,7 +524,7 @@ func (d *dir) readError(err error) fillResult {
 // answer applied as after any read. A source with less than a header
 // waiting is read as usual.
 func (d *dir) peek(fd int) (fillResult, int) {
-	n, err := recvPeek(fd, d.hdr[:])
+	n, err := sysRecvPeek(fd, d.hdr[:])
 	switch {
 	case err == unix.EAGAIN:
 		return fillAgain, 0
@@ -544,7 +544,7 @@ func (d *dir) peek(fd int) (fillResult, int) {
 	}
 	d.probe = false
 	space := d.space()
-	m, err := unix.Read(fd, space[:n])
+	m, err := sysRead(fd, space[:n])
 	if err != nil || m != n {
 		// The peeked bytes were queued: only a broken socket loses them.
 		if err == nil {
@@ -669,7 +669,7 @@ func (d *dir) flush(onPoller bool) flushResult {
 // block, true when done or failed (d.werr).
 func (d *dir) writeOwed(fd uintptr) bool {
 	for d.owe > 0 {
-		m, err := unix.Write(int(fd), d.buf[d.r:d.r+d.owe])
+		m, err := sysWrite(int(fd), d.buf[d.r:d.r+d.owe])
 		if m > 0 {
 			d.r += m
 			d.owe -= m
@@ -714,7 +714,7 @@ func (d *dir) finishEOF() {
 	if d.c.pumps.Load() == 1 {
 		return
 	}
-	if err := unix.Shutdown(d.dstFD, unix.SHUT_WR); err != nil && !d.c.stopped.Load() {
+	if err := sysShutdownWrite(d.dstFD); err != nil && !d.c.stopped.Load() {
 		d.c.abort(fmt.Sprintf("%s: half-close: %v", d.dstName(), err), true)
 	}
 }

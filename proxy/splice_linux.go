@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -119,7 +117,7 @@ func (d *dir) spliceIn(fd int, max int, pass bool) (fillResult, int) {
 		}
 		d.pipe = p
 	}
-	n, err := unix.Splice(fd, nil, d.pipe.w, nil, max, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	n, err := sysSplice(fd, d.pipe.w, max)
 	switch err {
 	case nil:
 	case unix.EAGAIN:
@@ -143,13 +141,13 @@ func (d *dir) spliceIn(fd int, max int, pass bool) (fillResult, int) {
 		}
 		return fillEOF, 0
 	}
-	d.pipe.n += int(n)
+	d.pipe.n += n
 	if pass {
-		d.pass -= n
+		d.pass -= int64(n)
 		d.probe = d.pass == 0
 	}
 	c.touch(time.Now())
-	return fillData, int(n)
+	return fillData, n
 }
 
 // drain splices the pipe's bytes to dst and gives the pipe back once it
@@ -179,12 +177,12 @@ func (d *dir) drain(onPoller bool) flushResult {
 func (d *dir) spliceOut(fd uintptr) bool {
 	p := d.pipe
 	for p.n > 0 {
-		m, err := unix.Splice(p.r, nil, int(fd), nil, p.n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		m, err := sysSplice(p.r, int(fd), p.n)
 		if m > 0 {
-			p.n -= int(m)
-			d.fwd += m
-			d.c.p.pipes.spliced.Add(m)
-			d.c.p.metrics.forwarded(d.d == dissect.Up, int(m))
+			p.n -= m
+			d.fwd += int64(m)
+			d.c.p.pipes.spliced.Add(int64(m))
+			d.c.p.metrics.forwarded(d.d == dissect.Up, m)
 		}
 		switch err {
 		case nil, unix.EINTR:
@@ -212,21 +210,5 @@ func (d *dir) releasePipe() {
 	if d.pipe != nil {
 		d.c.p.pipes.put(d.pipe)
 		d.pipe = nil
-	}
-}
-
-// recvPeek copies the socket's first queued bytes into b without taking
-// them, and without waiting.
-func recvPeek(fd int, b []byte) (int, error) {
-	for {
-		n, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
-			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
-		switch e {
-		case 0:
-			return int(n), nil
-		case syscall.EINTR:
-			continue
-		}
-		return 0, e
 	}
 }

@@ -27,4 +27,4 @@ func (d *dir) drain(bool) flushResult { return flushDone }
 
 func (d *dir) releasePipe() {}
 
-func recvPeek(int, []byte) (int, error) { panic("proxy: peek without kernel support") }
+func sysRecvPeek(int, []byte) (int, error) { panic("proxy: peek without kernel support") }

@@ -1,0 +1,9 @@
+//go:build !linux
+
+package proxy
+
+import "golang.org/x/sys/unix"
+
+func sysRead(fd int, p []byte) (int, error)  { return unix.Read(fd, p) }
+func sysWrite(fd int, p []byte) (int, error) { return unix.Write(fd, p) }
+func sysShutdownWrite(fd int) error          { return unix.Shutdown(fd, unix.SHUT_WR) }
