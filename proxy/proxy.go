@@ -73,8 +73,11 @@ type Proxy struct {
 	reports *reporter
 
 	// upstream is Config.Upstream when the fast path can connect to it
-	// (see serveRaw).
+	// (see fastPath).
 	upstream netip.AddrPort
+	// coolAfter is the idle time after which hot pumps park (coolAfter;
+	// tests shorten it).
+	coolAfter atomic.Int64
 
 	nextID      atomic.Uint64
 	active      atomic.Int64 // client connections counted against MaxConns
@@ -123,6 +126,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.log = zap.NewNop()
 	}
 	p.upstream = upstreamAddr(&p.cfg)
+	p.coolAfter.Store(int64(coolAfter))
 	// Keep-alive probes are off on the upstream side (as on the client
 	// side, see Listen): an idle connection is reaped by IdleTimeout, and
 	// Go's default keep-alive costs three setsockopt calls per socket.

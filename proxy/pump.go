@@ -42,6 +42,11 @@ const (
 	// usual. An inspector that needs a longer header just gets the
 	// usual read.
 	probeSize = 5
+	// maxProbeMisses is how many probes in a row may find something else
+	// than a passed payload (an alert, a handshake record) before the
+	// pump stops peeking and reads as usual until the next spliced run:
+	// a miss costs a system call more than a plain read.
+	maxProbeMisses = 4
 )
 
 // Pump states (dir.state). A pump is owned by at most one goroutine at a
@@ -77,16 +82,23 @@ const (
 
 // bufPool lends read buffers to pumps while bytes are in flight. Pointers
 // to arrays, so that Get and Put do not allocate.
-type bufPool struct{ p sync.Pool }
+type bufPool struct {
+	p    sync.Pool
+	lent atomic.Int64 // buffers borrowed and not given back
+}
 
 func (b *bufPool) get() *[bufSize]byte {
+	b.lent.Add(1)
 	if v, ok := b.p.Get().(*[bufSize]byte); ok {
 		return v
 	}
 	return new([bufSize]byte)
 }
 
-func (b *bufPool) put(a *[bufSize]byte) { b.p.Put(a) }
+func (b *bufPool) put(a *[bufSize]byte) {
+	b.lent.Add(-1)
+	b.p.Put(a)
+}
 
 // dir is the pump of one direction: it reads src, feeds the inspector
 // and writes the cleared bytes to dst.
@@ -143,11 +155,13 @@ type dir struct {
 	// pipe holds spliced bytes owed to dst, which go before buf's.
 	pipe *pipe
 	// pass is how many bytes still to read may go on unseen
-	// (Result.Pass); probe: a spliced Pass run just ended, the next
-	// read peeks at a header (see probeSize).
-	pass  int64
-	probe bool
-	hdr   [probeSize]byte
+	// (Result.Pass); probe: a spliced Pass run ended, reads that start
+	// on a record boundary peek at its header first (see probeSize);
+	// misses counts the probes in a row that found no passed payload.
+	pass   int64
+	probe  bool
+	misses uint8
+	hdr    [probeSize]byte
 	// fwd counts the bytes written to dst.
 	fwd int64
 
@@ -473,17 +487,24 @@ func (d *dir) fill(fd int) (fillResult, int) {
 	switch {
 	case spliceSupported && d.splicing:
 		return d.spliceIn(fd, pipeSize, false)
-	case spliceSupported && d.pass >= minSplicePass && d.r == d.w:
-		return d.spliceIn(fd, int(min(d.pass, pipeSize)), true)
+	case spliceSupported && d.pass > 0 && d.r == d.w:
+		if d.pass >= minSplicePass {
+			return d.spliceIn(fd, int(min(d.pass, pipeSize)), true)
+		}
+		// The short end of a passed payload: copied, but not a byte
+		// past it, so that the next header is peeked at.
+		return d.read(fd, int(d.pass))
 	case spliceSupported && d.probe && d.pass == 0 && d.r == d.w && !d.c.bypassed.Load():
 		return d.peek(fd)
 	}
-	return d.read(fd)
+	return d.read(fd, bufSize)
 }
 
-// read reads into pending and shows the new bytes to the inspector.
-func (d *dir) read(fd int) (fillResult, int) {
+// read reads up to max bytes into pending and shows them to the
+// inspector.
+func (d *dir) read(fd int, max int) (fillResult, int) {
 	space := d.space()
+	space = space[:min(len(space), max)]
 	n, err := sysRead(fd, space)
 	if err != nil {
 		return d.readError(err), 0
@@ -530,7 +551,7 @@ func (d *dir) peek(fd int) (fillResult, int) {
 		return fillAgain, 0
 	case err != nil || n < probeSize:
 		d.probe = false
-		return d.read(fd)
+		return d.read(fd, bufSize)
 	}
 	c := d.c
 	now := time.Now()
@@ -540,9 +561,12 @@ func (d *dir) peek(fd int) (fillResult, int) {
 			c.helloDone.Store(true)
 		}
 		d.pass = probeSize + res.Pass
+		d.misses = 0
 		return fillData, 0
 	}
-	d.probe = false
+	if d.misses++; d.misses >= maxProbeMisses {
+		d.probe = false
+	}
 	space := d.space()
 	m, err := sysRead(fd, space[:n])
 	if err != nil || m != n {
@@ -575,6 +599,9 @@ func (d *dir) consume(now time.Time) bool {
 		k := min(int64(d.w-d.r-d.owe), d.pass)
 		d.owe += int(k)
 		d.pass -= k
+		if d.pass == 0 && spliceSupported {
+			d.probe, d.misses = true, 0
+		}
 		if d.r+d.owe == d.w {
 			return true
 		}

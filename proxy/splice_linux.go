@@ -144,7 +144,9 @@ func (d *dir) spliceIn(fd int, max int, pass bool) (fillResult, int) {
 	d.pipe.n += n
 	if pass {
 		d.pass -= int64(n)
-		d.probe = d.pass == 0
+		if d.pass == 0 {
+			d.probe, d.misses = true, 0
+		}
 	}
 	c.touch(time.Now())
 	return fillData, n

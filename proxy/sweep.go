@@ -76,6 +76,7 @@ func (p *Proxy) sweep(now time.Time, buf []*conn) []*conn {
 	}
 	p.mu.Unlock()
 	lim := &p.lim
+	cool := time.Duration(p.coolAfter.Load())
 	for i, c := range buf {
 		buf[i] = nil
 		if c.stopped.Load() {
@@ -105,7 +106,7 @@ func (p *Proxy) sweep(now time.Time, buf []*conn) []*conn {
 			})
 			continue
 		}
-		if idle >= coolAfter && c.pl != nil {
+		if idle >= cool && c.pl != nil {
 			c.up.coolDown()
 			c.down.coolDown()
 		}
