@@ -524,8 +524,8 @@ func (tp *tlsPass) Feed(_ dissect.Direction, p []byte, _ time.Time) inspect.Resu
 }
 
 func (tp *tlsPass) EOF(dissect.Direction, []byte, time.Time) inspect.Result { return inspect.Result{} }
-func (tp *tlsPass) Info() inspect.Info                                   { return inspect.Info{} }
-func (tp *tlsPass) Close(inspect.Summary)                                {}
+func (tp *tlsPass) Info() inspect.Info                                      { return inspect.Info{} }
+func (tp *tlsPass) Close(inspect.Summary)                                   {}
 
 // records writes count TLS-framed records of random types (one in 32 is
 // not application data: after a TLS 1.3 handshake every record is) and
