@@ -1,8 +1,9 @@
 #!/bin/sh
 # Policy routing for the haka-proxy gateway, for operators who install the
 # rules themselves (with configs/nftables-haka.nft) instead of letting
-# `haka-proxy run --nft` or `haka-proxy nft apply` do it. This is what they
-# install; print the commands for other flags with `haka-proxy nft show`.
+# `haka-proxy run --tproxy --nft` or `haka-proxy nft apply` do it. This is
+# what they install; print the commands for other flags with
+# `haka-proxy nft show`.
 #
 #   policy-routing.sh add|del
 #   MARK=0x1 TABLE=100 IPV6=1 policy-routing.sh add

@@ -85,9 +85,14 @@ func (d *deadline) arm(limit time.Duration) {
 	}
 	d.steps = 0
 	d.seen.Store(0)
-	d.limit.Store(int64(limit))
+	prev := d.limit.Swap(int64(limit))
 	d.start.Store(monoNow())
 	if !d.ticking.Load() && d.ticking.CompareAndSwap(false, true) {
+		d.timer.Reset(limit)
+	} else if int64(limit) < prev {
+		// The timer is still ticking for a longer limit (the load's): bring
+		// it forward, or this evaluation could overrun by the difference.
+		// A fire that comes early only re-arms for the time left.
 		d.timer.Reset(limit)
 	}
 }

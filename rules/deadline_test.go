@@ -64,3 +64,24 @@ func TestDeadlineStopsOverdue(t *testing.T) {
 		time.Sleep(limit)
 	}
 }
+
+// An evaluation armed while the timer still ticks for a longer limit (the
+// load's, just before the first event) is stopped at its own deadline, not
+// at the longer one.
+func TestDeadlineShorterLimitBringsTheTimerForward(t *testing.T) {
+	d := newDeadline()
+	d.arm(time.Hour)
+	d.disarm() // idle, but the timer still ticks for an hour
+	const limit = 5 * time.Millisecond
+	start := time.Now()
+	d.arm(limit)
+	select {
+	case <-d.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the evaluation was not stopped: the timer kept the longer limit")
+	}
+	if elapsed := time.Since(start); elapsed < limit {
+		t.Errorf("stopped after %v, before the %v deadline", elapsed, limit)
+	}
+	d.disarm()
+}

@@ -89,6 +89,9 @@ type Transition[C, U, P any] struct {
 	Jump    string
 	// Pos is the definition site ("tls.lua:12"), prefixed to its errors.
 	Pos string
+	// Label names the guard in DOT ("[server_hello]" instead of
+	// "[when]"); it changes nothing else.
+	Label string
 }
 
 // Builder collects a definition. A Go definition calls it once at init; the
@@ -376,6 +379,7 @@ func (b *Builder[C, U, P]) Build() (*Machine[C, U, P], error) {
 				jump:     jumpNone,
 				jumpName: t.Jump,
 				pos:      pos,
+				label:    t.Label,
 			}
 			if t.Jump != "" {
 				for _, id := range evs {

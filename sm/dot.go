@@ -9,10 +9,11 @@ import (
 // WriteDOT renders the machine as a Graphviz digraph. States are boxes
 // labelled with their grammar elements; fail and finish are the terminal
 // pseudo-states; a point marks the initial state. An edge is a transition
-// with a jump, labelled with its events and "[when]" if it is guarded; a
-// dotted loop is a transition that only executes. The defaults are drawn
-// from a dashed "any" node, since they apply to every state. The output
-// depends only on the definition, in declaration order.
+// with a jump, labelled with its events and "[when]" if it is guarded (its
+// Label in the brackets when it has one); a dotted loop is a transition
+// that only executes. The defaults are drawn from a dashed "any" node,
+// since they apply to every state. The output depends only on the
+// definition, in declaration order.
 func (m *Machine[C, U, P]) WriteDOT(w io.Writer) error {
 	bw := bufio.NewWriter(w)
 	p := func(parts ...string) {
@@ -47,7 +48,10 @@ func (m *Machine[C, U, P]) WriteDOT(w io.Writer) error {
 				names[i] = m.events[id].Name
 			}
 			label := strings.Join(names, ", ")
-			if t.when != nil {
+			switch {
+			case t.label != "":
+				label += " [" + t.label + "]"
+			case t.when != nil:
 				label += " [when]"
 			}
 			to, attrs := t.jumpName, style

@@ -98,3 +98,20 @@ func TestDOTRendersWithGraphviz(t *testing.T) {
 		t.Fatalf("dot -Tsvg: %v\n%s", err, out)
 	}
 }
+
+// A transition's Label names its guard in place of "[when]".
+func TestWriteDOTLabel(t *testing.T) {
+	b := sm.NewBuilder[*rec, string, string]("labels")
+	b.BidirectionalState("a", element("x"), nil).
+		On(T{Event: sm.EvUp, When: is("retry"), Label: "retry", Jump: "b"}).
+		On(T{Event: sm.EvUp, When: is("other"), Jump: "b"})
+	b.State("b")
+	b.Initial("a")
+	var buf bytes.Buffer
+	build(t, b).WriteDOT(&buf)
+	for _, want := range []string{`"a" -> "b" [label="up [retry]"];`, `"a" -> "b" [label="up [when]"];`} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("DOT lacks %s:\n%s", want, buf.String())
+		}
+	}
+}

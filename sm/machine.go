@@ -46,6 +46,7 @@ type transition[C, U, P any] struct {
 	jump     int32 // a state index or one of jumpNone, jumpFail, jumpFinish
 	jumpName string
 	pos      string // the transition's definition site, else its state's
+	label    string // Transition.Label
 }
 
 // Name returns the machine's name.

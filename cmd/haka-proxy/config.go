@@ -15,6 +15,8 @@ import (
 // a flag's name, each value its value (a list for a list flag). A flag
 // given on the command line keeps its value. An unknown key is an error
 // naming it, so that a typo does not silently leave a default in force.
+// A flag set from the file counts as given (pflag's Changed), like one on
+// the command line, for the defaults that depend on whether it was.
 func applyConfigFile(flags *pflag.FlagSet, path string) error {
 	if path == "" {
 		return nil
@@ -62,7 +64,9 @@ func applyConfigFile(flags *pflag.FlagSet, path string) error {
 		}
 		if err := f.Value.Set(val); err != nil {
 			fail("%s: %v", key, err)
+			continue
 		}
+		f.Changed = true
 	}
 	return errors.Join(errs...)
 }

@@ -5,27 +5,127 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/replaycmd"
+	"github.com/hakaproxy/haka-proxy/dissect/tlssm"
 	"github.com/hakaproxy/haka-proxy/proxy"
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
+	"github.com/hakaproxy/haka-proxy/rules"
 	"github.com/hakaproxy/haka-proxy/rules/output"
 )
 
-// buildFactory makes the inspector factory of the proxy from the rules in
-// dir ("" for the built-in rules). It is the one place where the TLS
-// inspection and the rule engine are wired in: the engine observes its
-// rule evaluations into m (Metrics.ObserveRuleEval) and writes its alerts
-// to alerts. Startup and SIGHUP both come through here. Until the engine
-// lands, every connection gets the pass-through inspector.
-func buildFactory(dir string, m *proxy.Metrics, alerts *output.Writer, log *zap.Logger) (inspect.Factory, error) {
-	if dir != "" {
-		if err := checkRulesDir(dir); err != nil {
+// inspectionOptions are what the command line says of the inspection.
+type inspectionOptions struct {
+	// Rules is the rule directory, "" for the stock rules.
+	Rules string
+	// ErrorPolicy is --rule-error-policy.
+	ErrorPolicy rules.ErrorPolicy
+	// NoTimers is for the replay, whose stream time is packet time: the
+	// machine's timeouts fire when a packet passes them, not on the wall
+	// clock.
+	NoTimers bool
+}
+
+// inspection is the inspector factory of the proxy, the replay and the
+// demo: the TLS state machine (tlssm), each of whose sessions runs the
+// rule engine's rules on its events.
+type inspection struct {
+	*tlssm.Factory
+	engine *rules.Engine
+	// dir is the rule directory, "" for the stock rules.
+	dir string
+}
+
+// buildFactory makes the inspector factory from the rules o names. It is
+// the one place where the TLS inspection and the rule engine are wired
+// in: the engine observes its rule evaluations into m
+// (Metrics.ObserveRuleEval; m may be nil), writes its alerts to alerts
+// and its rule errors and flow:log lines to log. A rule set with mistakes
+// is an error listing each at its file and line.
+func buildFactory(o inspectionOptions, m *proxy.Metrics, alerts *output.Writer, log *zap.Logger) (*inspection, error) {
+	if o.Rules != "" {
+		if err := checkRulesDir(o.Rules); err != nil {
 			return nil, fmt.Errorf("rules: %w", err)
 		}
 	}
-	return inspect.PassThrough{}, nil
+	var observe func(string, time.Duration)
+	if m != nil {
+		observe = func(_ string, d time.Duration) { m.ObserveRuleEval(d) }
+	}
+	engine, err := rules.New(rules.Options{
+		Dir:         o.Rules,
+		Logger:      log,
+		Alerts:      alerts,
+		ErrorPolicy: o.ErrorPolicy,
+		ObserveEval: observe,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rules: %w", err)
+	}
+	f, err := tlssm.NewFactory(tlssm.Options{
+		NewHandler: engine.NewTLSHandler,
+		NoTimers:   o.NoTimers,
+	})
+	if err != nil {
+		engine.Close()
+		return nil, err
+	}
+	return &inspection{Factory: f, engine: engine, dir: o.Rules}, nil
+}
+
+// String names the inspection for the "listening" line.
+func (i *inspection) String() string {
+	if i.dir == "" {
+		return "TLS inspection with the stock rules"
+	}
+	return "TLS inspection with the rules of " + i.dir
+}
+
+// rules names the rule set for logs: its directory, or "stock".
+func (i *inspection) rules() string {
+	if i.dir == "" {
+		return "stock"
+	}
+	return i.dir
+}
+
+// Reload loads the rule set again (SIGHUP): connections accepted from now
+// on use the new set, those in flight keep theirs. A set with mistakes
+// is refused and the running one stays.
+func (i *inspection) Reload() error { return i.engine.Reload() }
+
+// Close releases the rule set once the last connection using it closes.
+func (i *inspection) Close() { i.engine.Close() }
+
+// replayFactory is the replay's BuildFactory: buildFactory without timers,
+// its rule errors and flow:log lines on the replay's stderr.
+func replayFactory(in replaycmd.Inspection) (inspect.Factory, error) {
+	policy, err := rules.ParseErrorPolicy(in.RuleErrorPolicy)
+	if err != nil {
+		return nil, fmt.Errorf("--rule-error-policy: %w", err)
+	}
+	log, err := newLogger("info", "console", in.Log)
+	if err != nil {
+		return nil, err
+	}
+	f, err := buildFactory(inspectionOptions{Rules: in.Rules, ErrorPolicy: policy, NoTimers: true}, nil, in.Alerts, log)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// demoFactory is the demo's BuildFactory: the proxy's inspection with the
+// stock rules.
+func demoFactory(alerts *output.Writer, log *zap.Logger) (inspect.Factory, error) {
+	f, err := buildFactory(inspectionOptions{}, nil, alerts, log)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
 // checkRulesDir checks that dir is a directory this process can list.

@@ -17,10 +17,15 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/democmd"
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/eventscmd"
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/nftcmd"
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/replaycmd"
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/rulescmd"
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/smcmd"
 	"github.com/hakaproxy/haka-proxy/proxy"
+	"github.com/hakaproxy/haka-proxy/proxy/inspect"
+	"github.com/hakaproxy/haka-proxy/rules"
 	"github.com/hakaproxy/haka-proxy/rules/output"
 )
 
@@ -34,6 +39,9 @@ type deps struct {
 	// Ready, when set, is called once the proxy accepts connections,
 	// with its listener's address and the metrics server's (nil if none).
 	Ready func(listen, metrics net.Addr)
+	// WithNFT installs the nftables rules of --nft, runs fn and removes
+	// them however fn ends (nftcmd.With).
+	WithNFT func(o nftcmd.Options, log *zap.Logger, fn func() error) error
 }
 
 func defaultDeps() *deps {
@@ -46,6 +54,7 @@ func defaultDeps() *deps {
 			signal.Notify(ch, sig...)
 			return ch, func() { signal.Stop(ch) }
 		},
+		WithNFT: nftcmd.With,
 	}
 }
 
@@ -81,6 +90,10 @@ type rootOptions struct {
 	Alerts    string
 	Metrics   string
 
+	// RuleErrorPolicy is what a rule that fails does to its connection:
+	// "drop" or "pass".
+	RuleErrorPolicy string
+
 	ProxyProtocolIn      bool
 	ProxyProtocolTrusted []string
 	ProxyProtocolTimeout time.Duration
@@ -92,6 +105,17 @@ type rootOptions struct {
 	IdleTimeout      time.Duration
 	MaxHeldBytes     byteSize
 	DrainTimeout     time.Duration
+
+	// The transparent gateway (see gateway.go).
+	TProxy      bool
+	SpoofSource bool
+	NFT         bool
+	// NFTOptions are the --nft-* flags and --ipv6; their Listen is
+	// Listen, filled in by resolve.
+	NFTOptions nftcmd.Options
+	// nftFlagsGiven names the --nft-* flags given on the command line or
+	// in the config file.
+	nftFlagsGiven []string
 }
 
 const rootLong = `haka-proxy sits in front of a TLS service and inspects every connection
@@ -101,12 +125,16 @@ protocol, and Lua rules can drop, reset, log or alert on a connection before
 the bytes that triggered them are forwarded. A Heartbleed request, or the
 server's leaking answer, never reaches the other side.
 
-Run without a subcommand, haka-proxy proxies: clients connect to --listen,
-each connection is forwarded to --upstream through the inspection. Every
-flag can also be set in a YAML file given with --config, under the same name
-(flags given on the command line win). On SIGTERM or SIGINT it stops
-accepting, lets open connections finish for --drain-timeout, then closes
-them; SIGHUP reloads the rules.`
+Run without a subcommand (or as "haka-proxy run"), haka-proxy proxies:
+clients connect to --listen, each connection is forwarded to --upstream
+through the inspection. With --tproxy it is a transparent gateway instead:
+nftables TPROXY hands it the connections the host forwards (--nft installs
+those rules for as long as it runs), and each goes, inspected, to the address
+its client connected to. Every flag can also be set in a YAML file given with
+--config, under the same name (flags given on the command line win). On
+SIGTERM or SIGINT it stops accepting, lets open connections finish for
+--drain-timeout, then closes them (and removes the --nft rules); SIGHUP
+reloads the rules.`
 
 const rootExample = `  # Protect a local HTTPS service: clients connect to port 8443,
   # the service itself listens on 127.0.0.1:443
@@ -121,22 +149,58 @@ const rootExample = `  # Protect a local HTTPS service: clients connect to port 
   haka-proxy --listen :443 --upstream 10.0.0.5:443 --proxy-protocol-in \
     --proxy-protocol-trusted 10.0.0.0/8 --proxy-protocol-out v2
 
-  # Everything from a file
-  haka-proxy --config configs/sidecar.yaml`
+  # A transparent gateway on a router: intercept the forwarded
+  # connections to port 443 while haka-proxy runs (needs CAP_NET_ADMIN)
+  haka-proxy run --tproxy --nft --nft-ports 443
 
-// newCmdRoot is the haka-proxy command. runF replaces the proxy run in
-// tests; it gets the options once the config file is merged and checked.
+  # The same, the servers seeing the clients' own addresses
+  haka-proxy run --tproxy --nft --spoof-source
+
+  # Everything from a file
+  haka-proxy --config configs/sidecar.yaml
+  haka-proxy run --config configs/gateway.yaml`
+
+// newCmdRoot is the haka-proxy command: the run command, with the other
+// commands under it. runF replaces the proxy run in tests; it gets the
+// options once the config file is merged and checked.
 func newCmdRoot(d *deps, runF func(*rootOptions) error) *cobra.Command {
+	cmd := newCmdRun(d, runF)
+	cmd.Use = "haka-proxy"
+	cmd.Short = "A transparent proxy that inspects TLS without terminating it"
+	cmd.Args = func(_ *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return usageError{fmt.Errorf("unknown command %q", args[0])}
+		}
+		return nil
+	}
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	cmd.CompletionOptions.HiddenDefaultCmd = true
+
+	// Subcommands: one line each.
+	cmd.AddCommand(newCmdRun(d, runF))
+	cmd.AddCommand(newCmdVersion(d, nil))
+	cmd.AddCommand(nftcmd.New(nftcmd.DefaultOptions(), d.Stdout, d.Stderr))
+	cmd.AddCommand(replaycmd.New(&replaycmd.Options{}, d.Stdout, d.Stderr, replayFactory))
+	cmd.AddCommand(rulescmd.NewCmdRules())
+	cmd.AddCommand(eventscmd.New(d.Stdout))
+	cmd.AddCommand(smcmd.New(d.Stdout))
+	cmd.AddCommand(democmd.New(d.Stdout, d.Stderr, demoFactory))
+	return cmd
+}
+
+// newCmdRun is `haka-proxy run`, which the root command also is: the
+// configuration files and unit files say "run", people type it or not.
+func newCmdRun(d *deps, runF func(*rootOptions) error) *cobra.Command {
 	lim := proxy.DefaultLimits()
-	opts := &rootOptions{MaxHeldBytes: byteSize(lim.MaxHeldBytes)}
+	opts := &rootOptions{MaxHeldBytes: byteSize(lim.MaxHeldBytes), NFTOptions: nftcmd.DefaultOptions()}
 	cmd := &cobra.Command{
-		Use:     "haka-proxy",
-		Short:   "A transparent proxy that inspects TLS without terminating it",
+		Use:     "run",
+		Short:   "Run the proxy (the same as haka-proxy without a subcommand)",
 		Long:    rootLong,
 		Example: rootExample,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usageError{fmt.Errorf("unknown command %q", args[0])}
+				return usageError{fmt.Errorf("run takes no arguments, got %q", args[0])}
 			}
 			return nil
 		},
@@ -146,6 +210,7 @@ func newCmdRoot(d *deps, runF func(*rootOptions) error) *cobra.Command {
 			if err := applyConfigFile(cmd.Flags(), opts.Config); err != nil {
 				return err
 			}
+			opts.resolve(cmd.Flags())
 			if err := opts.validate(); err != nil {
 				return usageError{err}
 			}
@@ -157,14 +222,17 @@ func newCmdRoot(d *deps, runF func(*rootOptions) error) *cobra.Command {
 	}
 	cmd.SetOut(d.Stdout)
 	cmd.SetErr(d.Stderr)
-	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	cmd.CompletionOptions.HiddenDefaultCmd = true
 
 	f := cmd.Flags()
 	f.StringVar(&opts.Config, "config", "", "YAML `file` with the same keys as these flags")
-	f.StringVar(&opts.Listen, "listen", ":8443", "`address` clients connect to")
-	f.StringVar(&opts.Upstream, "upstream", "", "`host:port` of the service every connection is forwarded to (required)")
+	f.StringVar(&opts.Listen, "listen", ":8443", "`address` clients connect to; with --tproxy the default is "+nftcmd.DefaultListen+", the port `haka-proxy nft` sends to")
+	f.StringVar(&opts.Upstream, "upstream", "", "`host:port` of the service every connection is forwarded to (required, except with --tproxy)")
+	f.BoolVar(&opts.TProxy, "tproxy", false, "transparent gateway: accept the connections nftables TPROXY hands over and forward each to its original destination (excludes --upstream)")
+	f.BoolVar(&opts.SpoofSource, "spoof-source", false, "with --tproxy: connect to the server from the client's own address, so the server sees the client")
+	f.BoolVar(&opts.NFT, "nft", false, "with --tproxy: install the nftables rules and policy routing (the --nft-* flags) at start, remove them at exit")
+	nftcmd.AddFlags(f, &opts.NFTOptions)
 	f.StringVar(&opts.Rules, "rules", "", "`directory` of Lua rule files (default: the built-in rules)")
+	f.StringVar(&opts.RuleErrorPolicy, "rule-error-policy", rules.PolicyDrop.String(), "what a rule that fails (an error, its deadline) does to its connection: drop or pass")
 	f.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&opts.LogFormat, "log-format", "json", "log format: json or console")
 	f.StringVar(&opts.Alerts, "alerts", "-", "`file` the alerts and connection records are appended to, - for stdout")
@@ -180,21 +248,25 @@ func newCmdRoot(d *deps, runF func(*rootOptions) error) *cobra.Command {
 	f.Var(&opts.MaxHeldBytes, "max-held-bytes", "bytes the inspection may hold back per direction (e.g. 524288, 512KiB, 1MiB); more drops the connection")
 	f.DurationVar(&opts.DrainTimeout, "drain-timeout", lim.DrainTimeout, "on SIGTERM, how long open connections may finish before they are closed")
 	f.SortFlags = false
-
-	// Subcommands: one line each.
-	cmd.AddCommand(newCmdVersion(d, nil))
-	cmd.AddCommand(nftcmd.New(nftcmd.DefaultOptions(), d.Stdout, d.Stderr))
-	cmd.AddCommand(replaycmd.New(&replaycmd.Options{}, d.Stdout, d.Stderr, replaycmd.PassThrough))
-	cmd.AddCommand(rulescmd.NewCmdRules())
 	return cmd
 }
 
 func (o *rootOptions) validate() error {
 	var errs []error
-	if o.Upstream == "" {
-		errs = append(errs, errors.New("--upstream is required: the host:port of the service to protect"))
-	} else if err := checkHostPort(o.Upstream); err != nil {
-		errs = append(errs, fmt.Errorf("--upstream %q: %w", o.Upstream, err))
+	if o.TProxy {
+		errs = append(errs, o.validateGateway()...)
+	} else {
+		if o.Upstream == "" {
+			errs = append(errs, errors.New("--upstream is required: the host:port of the service to protect (or --tproxy for a transparent gateway)"))
+		} else if err := checkHostPort(o.Upstream); err != nil {
+			errs = append(errs, fmt.Errorf("--upstream %q: %w", o.Upstream, err))
+		}
+		if o.SpoofSource {
+			errs = append(errs, errors.New("--spoof-source needs --tproxy: only the transparent gateway dials from its clients' addresses"))
+		}
+		if o.NFT {
+			errs = append(errs, errors.New("--nft needs --tproxy: the rules hand connections to a transparent listener"))
+		}
 	}
 	if err := checkHostPort(o.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("--listen %q: %w", o.Listen, err))
@@ -208,6 +280,9 @@ func (o *rootOptions) validate() error {
 		if err := checkRulesDir(o.Rules); err != nil {
 			errs = append(errs, fmt.Errorf("--rules: %w", err))
 		}
+	}
+	if _, err := rules.ParseErrorPolicy(o.RuleErrorPolicy); err != nil {
+		errs = append(errs, fmt.Errorf("--rule-error-policy: %w", err))
 	}
 	if _, err := zap.ParseAtomicLevel(o.LogLevel); err != nil || o.LogLevel == "" {
 		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.LogLevel))
@@ -279,6 +354,14 @@ func (o *rootOptions) limits() proxy.Limits {
 }
 
 // runRoot runs the proxy until SIGTERM or SIGINT.
+//
+// The order is what keeps a failed start from leaving anything behind:
+// signals are subscribed first, so that a SIGTERM during the start ends
+// through the same path as one later; every listener is opened before the
+// --nft rules are installed, so that a taken port stops the start with
+// nothing to undo, and the rules never send connections to a port nobody
+// listens on; the rules are removed only after the drain, because the
+// connections being drained still need them to reach the proxy.
 func runRoot(ctx context.Context, d *deps, o *rootOptions) error {
 	if ctx == nil {
 		ctx = context.Background()
@@ -288,6 +371,12 @@ func runRoot(ctx context.Context, d *deps, o *rootOptions) error {
 		return err
 	}
 	defer log.Sync()
+	sigs, stopSignals := d.Signals(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer stopSignals()
+	if !o.NFT && len(o.nftFlagsGiven) > 0 {
+		log.Warn("nftables settings have no effect without --nft: install the rules with `haka-proxy nft apply` and the same settings",
+			zap.Strings("ignored", o.nftFlagsGiven))
+	}
 
 	var alertsOut io.Writer = d.Stdout
 	if o.Alerts != "" && o.Alerts != "-" {
@@ -301,12 +390,13 @@ func runRoot(ctx context.Context, d *deps, o *rootOptions) error {
 	records := output.NewWriter(alertsOut, output.JSON)
 	metrics := proxy.NewMetrics()
 
-	factory, err := buildFactory(o.Rules, metrics, records, log)
+	factory, err := buildFactory(o.inspection(), metrics, records, log)
 	if err != nil {
 		return err
 	}
+	defer factory.Close()
 	pp, _ := o.proxyProtocol() // checked by validate
-	p, err := proxy.New(proxy.Config{
+	cfg := proxy.Config{
 		Upstream:      o.Upstream,
 		Factory:       factory,
 		Logger:        log,
@@ -314,78 +404,109 @@ func runRoot(ctx context.Context, d *deps, o *rootOptions) error {
 		Metrics:       metrics,
 		Limits:        o.limits(),
 		ProxyProtocol: pp,
-	})
+	}
+	if o.TProxy {
+		cfg.Dial = o.gatewayDial()
+	}
+	p, err := proxy.New(cfg)
 	if err != nil {
 		return err
 	}
-	ln, err := proxy.Listen(ctx, o.Listen)
+	ln, err := o.listen(ctx)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
+	// Serve's Shutdown closes it too; this covers the returns before.
+	defer ln.Close()
 
-	var metricsSrv *http.Server
 	var metricsAddr net.Addr
 	if o.Metrics != "" {
 		mln, err := net.Listen("tcp", o.Metrics)
 		if err != nil {
-			ln.Close()
 			return fmt.Errorf("--metrics: %w", err)
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", metrics.Handler())
 		// A scrape is one small request: 10s to send its headers is
 		// plenty, and bounds what a slow client can hold.
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		metricsAddr = mln.Addr()
 		go metricsSrv.Serve(mln)
 		defer metricsSrv.Close()
 	}
 
-	sigs, stopSignals := d.Signals(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer stopSignals()
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ln) }()
+	serve := func() error {
+		served := make(chan error, 1)
+		go func() { served <- p.Serve(ln) }()
+		log.Info("listening", o.readyFields(ln.Addr(), metricsAddr, factory)...)
+		if d.Ready != nil {
+			d.Ready(ln.Addr(), metricsAddr)
+		}
+		for {
+			select {
+			case err := <-served:
+				return fmt.Errorf("serving %s: %w", o.Listen, err)
+			case sig := <-sigs:
+				if sig == syscall.SIGHUP {
+					reload(factory, log)
+					continue
+				}
+				shutdown(p, o, sigs, served, log, sig)
+				return nil
+			}
+		}
+	}
+	if o.NFT {
+		err = d.WithNFT(o.NFTOptions, log, serve)
+	} else {
+		err = serve()
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
 
-	fields := []zap.Field{zap.Stringer("addr", ln.Addr()), zap.String("upstream", o.Upstream)}
-	if metricsAddr != nil {
-		fields = append(fields, zap.Stringer("metrics", metricsAddr))
+// readyFields are the fields of the "listening" line: what the proxy
+// listens on, where it sends the connections, and what inspects them.
+func (o *rootOptions) readyFields(listen, metrics net.Addr, f inspect.Factory) []zap.Field {
+	fields := []zap.Field{zap.Stringer("addr", listen)}
+	if o.TProxy {
+		fields = append(fields, zap.String("upstream", "original destination"),
+			zap.Bool("tproxy", true), zap.Bool("spoof_source", o.SpoofSource), zap.Bool("nft", o.NFT))
+	} else {
+		fields = append(fields, zap.String("upstream", o.Upstream))
+	}
+	fields = append(fields, zap.String("inspection", describeFactory(f)))
+	if metrics != nil {
+		fields = append(fields, zap.Stringer("metrics", metrics))
 	}
 	if o.Rules != "" {
 		fields = append(fields, zap.String("rules", o.Rules))
 	}
-	log.Info("listening", fields...)
-	if d.Ready != nil {
-		d.Ready(ln.Addr(), metricsAddr)
-	}
-
-	for {
-		select {
-		case err := <-served:
-			return fmt.Errorf("serving %s: %w", o.Listen, err)
-		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				reload(p, o, metrics, records, log)
-				continue
-			}
-			return shutdown(p, o, sigs, served, log, sig)
-		}
-	}
+	return fields
 }
 
-// reload rebuilds the inspector factory from the rules; connections
-// accepted from now on use it. A broken rule set keeps the running one.
-func reload(p *proxy.Proxy, o *rootOptions, m *proxy.Metrics, records *output.Writer, log *zap.Logger) {
-	f, err := buildFactory(o.Rules, m, records, log)
-	if err != nil {
+// inspection returns the options of buildFactory.
+func (o *rootOptions) inspection() inspectionOptions {
+	policy, _ := rules.ParseErrorPolicy(o.RuleErrorPolicy) // checked by validate
+	return inspectionOptions{Rules: o.Rules, ErrorPolicy: policy}
+}
+
+// reload loads the rules again; connections accepted from now on use
+// them, those in flight keep theirs. A broken rule set keeps the running
+// one (the engine logs each mistake at its file and line).
+func reload(f *inspection, log *zap.Logger) {
+	if err := f.Reload(); err != nil {
 		log.Error("reload failed; keeping the running rules", zap.Error(err))
 		return
 	}
-	p.SetFactory(f)
-	log.Info("rules reloaded", zap.String("rules", o.Rules))
+	log.Info("rules reloaded", zap.String("rules", f.rules()))
 }
 
 // shutdown drains the proxy: a second signal drops what is left at once.
-func shutdown(p *proxy.Proxy, o *rootOptions, sigs <-chan os.Signal, served <-chan error, log *zap.Logger, sig os.Signal) error {
+func shutdown(p *proxy.Proxy, o *rootOptions, sigs <-chan os.Signal, served <-chan error, log *zap.Logger, sig os.Signal) {
 	log.Info("shutting down: no new connections; open ones may finish",
 		zap.Stringer("signal", sig), zap.Int("open", p.Active()), zap.Duration("drain_timeout", o.DrainTimeout))
 	ctx, cancel := context.WithTimeout(context.Background(), o.DrainTimeout)
@@ -411,6 +532,4 @@ func shutdown(p *proxy.Proxy, o *rootOptions, sigs <-chan os.Signal, served <-ch
 	if err := <-served; err != nil {
 		log.Error("serve", zap.Error(err))
 	}
-	log.Info("stopped")
-	return nil
 }

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/nftcmd"
 )
 
 const waitFor = 20 * time.Second
@@ -82,9 +84,11 @@ func TestHelp(t *testing.T) {
 	help := out.String()
 	for _, want := range []string{
 		"Examples:", "haka-proxy --listen :8443 --upstream 127.0.0.1:443", "version",
-		"--listen", "--upstream", "--rules", "--config", "--log-level", "--log-format", "--alerts", "--metrics",
+		"--listen", "--upstream", "--rules", "--rule-error-policy", "--config", "--log-level", "--log-format", "--alerts", "--metrics",
 		"--proxy-protocol-in", "--proxy-protocol-trusted", "--proxy-protocol-timeout", "--proxy-protocol-out",
 		"--max-conns", "--dial-timeout", "--handshake-timeout", "--idle-timeout", "--max-held-bytes", "--drain-timeout",
+		"--tproxy", "--spoof-source", "--nft", "--nft-ports", "--nft-iface", "--nft-mark", "--nft-route-table",
+		"--ipv6", "--nft-fail-open", "haka-proxy run --tproxy --nft", "run ",
 	} {
 		if !strings.Contains(help, want) {
 			t.Errorf("--help lacks %q", want)
@@ -118,6 +122,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"--upstream", "127.0.0.1:443", "--log-level", "loud"}, `--log-level "loud"`},
 		{[]string{"--upstream", "127.0.0.1:443", "--rules", "/nonexistent/rules"}, "--rules: stat /nonexistent/rules: no such file or directory"},
 		{[]string{"--upstream", "127.0.0.1:443", "--rules", "/etc/hostname"}, "--rules: /etc/hostname is not a directory"},
+		{[]string{"--upstream", "127.0.0.1:443", "--rule-error-policy", "ignore"}, `--rule-error-policy: unknown rule error policy "ignore" (want drop or pass)`},
 		{[]string{"--upstream", "127.0.0.1:443", "--proxy-protocol-in"}, "--proxy-protocol-in needs --proxy-protocol-trusted"},
 		{[]string{"--upstream", "127.0.0.1:443", "--proxy-protocol-in", "--proxy-protocol-trusted", "10.0.0.0/33"}, `--proxy-protocol-trusted "10.0.0.0/33": not a CIDR`},
 		{[]string{"--upstream", "127.0.0.1:443", "--proxy-protocol-out", "v3"}, `--proxy-protocol-out "v3": want v1 or v2`},
@@ -162,6 +167,7 @@ func TestConfigFileKeys(t *testing.T) {
 listen: 127.0.0.1:9443
 upstream: backend:443
 rules: `+rules+`
+rule-error-policy: pass
 log-level: debug
 log-format: console
 alerts: /tmp/alerts.json
@@ -182,13 +188,15 @@ drain-timeout: 7s
 		t.Fatal(err)
 	}
 	want := rootOptions{
-		Config: p, Listen: "127.0.0.1:9443", Upstream: "127.0.0.1:8443", Rules: rules,
+		Config: p, Listen: "127.0.0.1:9443", Upstream: "127.0.0.1:8443", Rules: rules, RuleErrorPolicy: "pass",
 		LogLevel: "debug", LogFormat: "console", Alerts: "/tmp/alerts.json", Metrics: "127.0.0.1:9101",
 		ProxyProtocolIn: true, ProxyProtocolTrusted: []string{"10.0.0.0/8", "192.168.1.7"},
 		ProxyProtocolTimeout: 2 * time.Second, ProxyProtocolOut: "v1",
 		MaxConns: 60, DialTimeout: time.Second, HandshakeTimeout: 3 * time.Second, IdleTimeout: time.Minute,
 		MaxHeldBytes: 1 << 20, DrainTimeout: 7 * time.Second,
+		NFTOptions: nftcmd.DefaultOptions(),
 	}
+	want.NFTOptions.Listen = want.Listen
 	if !equalOptions(*o, want) {
 		t.Fatalf("options\n got %+v\nwant %+v", *o, want)
 	}
@@ -198,11 +206,18 @@ drain-timeout: 7s
 	}
 }
 
+// equalOptions compares options, an empty list equal to none.
 func equalOptions(a, b rootOptions) bool {
-	if strings.Join(a.ProxyProtocolTrusted, ",") != strings.Join(b.ProxyProtocolTrusted, ",") {
-		return false
+	for _, l := range [][2]*[]string{
+		{&a.ProxyProtocolTrusted, &b.ProxyProtocolTrusted},
+		{&a.nftFlagsGiven, &b.nftFlagsGiven},
+		{&a.NFTOptions.Interfaces, &b.NFTOptions.Interfaces},
+	} {
+		if strings.Join(*l[0], ",") != strings.Join(*l[1], ",") {
+			return false
+		}
+		*l[0], *l[1] = nil, nil
 	}
-	a.ProxyProtocolTrusted, b.ProxyProtocolTrusted = nil, nil
 	return reflect.DeepEqual(a, b)
 }
 
@@ -236,29 +251,17 @@ func TestConfigFileErrors(t *testing.T) {
 // The root command runs the proxy: it serves, exposes metrics, reloads on
 // SIGHUP, drains and exits 0 on SIGTERM (signals injected).
 func TestRunInProcess(t *testing.T) {
-	up, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	go func() {
-		for {
-			c, err := up.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				io.Copy(c, c)
-				c.Close()
-			}()
-		}
-	}()
-
+	echo := echoServer(t)
 	d, out, errOut := testDeps()
 	logs := make(chan string, 256)
 	d.Stderr = teeLines{errOut, logs}
 	rules := filepath.Join(t.TempDir(), "rules")
 	os.Mkdir(rules, 0o755)
+	if err := os.WriteFile(filepath.Join(rules, "sni.lua"), []byte(`
+haka.rule{ on = tls.events.client_hello, eval = function(flow, hello) flow:log("hello " .. tostring(hello.sni)) end }
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	sigs := make(chan os.Signal, 2)
 	d.Signals = func(...os.Signal) (<-chan os.Signal, func()) { return sigs, func() {} }
 	type addrs struct{ listen, metrics net.Addr }
@@ -266,7 +269,7 @@ func TestRunInProcess(t *testing.T) {
 	d.Ready = func(l, m net.Addr) { ready <- addrs{l, m} }
 	exited := make(chan int, 1)
 	go func() {
-		exited <- execute([]string{"--listen", "127.0.0.1:0", "--upstream", up.Addr().String(),
+		exited <- execute([]string{"--listen", "127.0.0.1:0", "--upstream", echo.addr,
 			"--metrics", "127.0.0.1:0", "--rules", rules}, d)
 	}()
 	var a addrs
@@ -278,26 +281,29 @@ func TestRunInProcess(t *testing.T) {
 		t.Fatal("not ready")
 	}
 
-	c, err := net.Dial("tcp", a.listen.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Write([]byte("ping"))
-	c.(*net.TCPConn).CloseWrite()
-	c.SetReadDeadline(time.Now().Add(waitFor))
-	if b, err := io.ReadAll(c); err != nil || string(b) != "ping" {
-		t.Fatalf("through the proxy: %q, %v", b, err)
-	}
+	c := echo.dial(t, a.listen.String())
+	roundTrip(t, c, "ping")
 	c.Close()
+	waitLine(t, logs, `"msg":"hello echo.test"`)
 
-	resp, err := http.Get("http://" + a.metrics.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	// The rule's evaluations are observed once they end, just after the
+	// rule logged: poll the scrape, bounded.
+	var body []byte
+	for deadline := time.Now().Add(waitFor); ; time.Sleep(5 * time.Millisecond) {
+		resp, err := http.Get("http://" + a.metrics.String() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(body), "haka_proxy_rule_eval_duration_seconds_count 1") || time.Now().After(deadline) {
+			break
+		}
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(body), "haka_proxy_connections_total 1") {
-		t.Fatalf("metrics:\n%s", body)
+	for _, want := range []string{"haka_proxy_connections_total 1", "haka_proxy_rule_eval_duration_seconds_count 1"} {
+		if !strings.Contains(string(body), want) {
+			t.Fatalf("metrics lack %q:\n%s", want, body)
+		}
 	}
 
 	sigs <- syscall.SIGHUP
@@ -306,17 +312,10 @@ func TestRunInProcess(t *testing.T) {
 	os.RemoveAll(rules)
 	sigs <- syscall.SIGHUP
 	waitLine(t, logs, `"msg":"reload failed; keeping the running rules"`)
-	c, err = net.Dial("tcp", a.listen.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Write([]byte("pong"))
-	c.(*net.TCPConn).CloseWrite()
-	c.SetReadDeadline(time.Now().Add(waitFor))
-	if b, err := io.ReadAll(c); err != nil || string(b) != "pong" {
-		t.Fatalf("after a failed reload: %q, %v", b, err)
-	}
+	c = echo.dial(t, a.listen.String())
+	roundTrip(t, c, "pong")
 	c.Close()
+	waitLine(t, logs, `"msg":"hello echo.test"`)
 	sigs <- syscall.SIGTERM
 	select {
 	case code := <-exited:
@@ -332,7 +331,7 @@ func TestRunInProcess(t *testing.T) {
 			t.Errorf("logs lack %s:\n%s", want, all)
 		}
 	}
-	if !strings.Contains(out.String(), `"type":"connection"`) || !strings.Contains(out.String(), `"bytes_up":4`) {
+	if !strings.Contains(out.String(), `"type":"connection"`) || !strings.Contains(out.String(), `"sni":"echo.test"`) {
 		t.Errorf("no connection record on stdout: %q", out)
 	}
 }
@@ -371,6 +370,7 @@ func waitLine(t *testing.T, lines <-chan string, want string) {
 
 // A second SIGTERM during the drain closes the open connections at once.
 func TestSecondSignalCutsDrain(t *testing.T) {
+	echo := echoServer(t)
 	d, out, errOut := testDeps()
 	logs := make(chan string, 256)
 	d.Stderr = teeLines{errOut, logs}
@@ -380,7 +380,7 @@ func TestSecondSignalCutsDrain(t *testing.T) {
 	d.Ready = func(l, _ net.Addr) { ready <- l }
 	exited := make(chan int, 1)
 	go func() {
-		exited <- execute([]string{"--listen", "127.0.0.1:0", "--upstream", echoServer(t), "--drain-timeout", "1h"}, d)
+		exited <- execute([]string{"--listen", "127.0.0.1:0", "--upstream", echo.addr, "--drain-timeout", "1h"}, d)
 	}()
 	var addr net.Addr
 	select {
@@ -388,11 +388,7 @@ func TestSecondSignalCutsDrain(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatal("not ready")
 	}
-	c, err := net.Dial("tcp", addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := echo.dial(t, addr.String())
 	roundTrip(t, c, "x")
 	sigs <- syscall.SIGTERM
 	waitLine(t, logs, `"msg":"shutting down`)

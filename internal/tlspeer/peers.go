@@ -46,6 +46,14 @@ func (b *Backend) Start() error {
 	if err != nil {
 		return err
 	}
+	b.StartOn(ln)
+	return nil
+}
+
+// StartOn serves on ln until Close, which closes ln. It is Start for a
+// listener made elsewhere: on another address, or in another network
+// namespace.
+func (b *Backend) StartOn(ln net.Listener) {
 	b.ln = ln
 	b.wg.Add(1)
 	go func() {
@@ -62,7 +70,6 @@ func (b *Backend) Start() error {
 			}()
 		}
 	}()
-	return nil
 }
 
 // Addr is the backend's address.

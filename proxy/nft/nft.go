@@ -168,7 +168,7 @@ func (c Config) normalize() (Config, error) {
 		// The proxy's upstream connections go to the intercepted ports;
 		// a listener on one of them would see its own traffic again
 		// under some topologies and is an easy mistake to make.
-		return c, fmt.Errorf("%w: the listen port %d is also an intercepted port: listen on another port (e.g. --listen :15001)", ErrInvalidConfig, c.ListenPort)
+		return c, fmt.Errorf("%w: the listen port %d is also an intercepted port: choose another --listen port, or leave %d out of --nft-ports", ErrInvalidConfig, c.ListenPort, c.ListenPort)
 	}
 	if c.MarkMask == 0 {
 		c.MarkMask = fullMask

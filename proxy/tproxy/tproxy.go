@@ -47,6 +47,10 @@ type ListenOptions struct {
 	// connections among them. Without it a second listener on the same
 	// port fails with "address already in use".
 	ReusePort bool
+	// KeepAlive is the accepted connections' TCP keep-alive period, as
+	// net.ListenConfig takes it: zero is the net package's default (on),
+	// negative turns the probes off.
+	KeepAlive time.Duration
 }
 
 // ListenConfig returns a net.ListenConfig whose sockets are transparent:
@@ -54,6 +58,7 @@ type ListenOptions struct {
 // assigns to them.
 func ListenConfig(o ListenOptions) *net.ListenConfig {
 	return &net.ListenConfig{
+		KeepAlive: o.KeepAlive,
 		Control: func(network, address string, c syscall.RawConn) error {
 			if err := Control(network, address, c); err != nil {
 				return err

@@ -12,7 +12,7 @@
 //	...
 //	if opts.UseNFT {
 //		opts.NFT.Listen = opts.Listen
-//		return nftcmd.With(opts.NFT, stderr, func() error { return serve(ctx) })
+//		return nftcmd.With(opts.NFT, log, func() error { return serve(ctx) })
 //	}
 package nftcmd
 
@@ -26,6 +26,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"go.uber.org/zap"
 
 	"github.com/hakaproxy/haka-proxy/proxy/nft"
 )
@@ -158,7 +159,7 @@ transparent listener (--listen), and a policy route (fwmark --nft-mark, table
   haka-proxy nft remove   remove them, leaving no trace
   haka-proxy nft show     print them as nft and ip commands, changing nothing
 
-apply and remove need CAP_NET_ADMIN. "haka-proxy run --nft" does apply at
+apply and remove need CAP_NET_ADMIN. "haka-proxy run --tproxy --nft" does apply at
 start and remove at exit by itself.`,
 		SilenceUsage: true,
 		Args:         cobra.NoArgs,
@@ -235,8 +236,12 @@ func describe(c nft.Config) string {
 }
 
 // Up installs the rules for o and returns the function that removes them.
-// On error nothing is left installed.
-func Up(o Options, stderr io.Writer) (down func() error, err error) {
+// On error nothing is left installed. Both steps are logged to log (nil
+// logs nothing): the run command's log is the proxy's, JSON or console.
+func Up(o Options, log *zap.Logger) (down func() error, err error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
 	c, err := o.Config()
 	if err != nil {
 		return nil, err
@@ -244,12 +249,12 @@ func Up(o Options, stderr io.Writer) (down func() error, err error) {
 	if err := nft.Apply(c); err != nil {
 		return nil, fmt.Errorf("--nft: %w", err)
 	}
-	fmt.Fprintf(stderr, "nftables rules applied: %s\n", describe(c))
+	log.Info("nftables rules applied", zap.String("rules", describe(c)))
 	return func() error {
 		if err := nft.Remove(c); err != nil {
 			return fmt.Errorf("--nft: remove the rules: %w (remove them by hand with `haka-proxy nft remove`)", err)
 		}
-		fmt.Fprintf(stderr, "nftables rules removed\n")
+		log.Info("nftables rules removed", zap.String("table", "inet "+c.Table))
 		return nil
 	}, nil
 }
@@ -260,8 +265,8 @@ func Up(o Options, stderr io.Writer) (down func() error, err error) {
 // SIGKILL cannot remove anything: the rules stay, and with the default
 // fail-closed rule the intercepted ports are refused until the next start
 // (whose apply replaces them) or `haka-proxy nft remove`.
-func With(o Options, stderr io.Writer, fn func() error) (err error) {
-	down, err := Up(o, stderr)
+func With(o Options, log *zap.Logger, fn func() error) (err error) {
+	down, err := Up(o, log)
 	if err != nil {
 		return err
 	}
@@ -271,6 +276,12 @@ func With(o Options, stderr io.Writer, fn func() error) (err error) {
 		}
 	}()
 	return fn()
+}
+
+// FlagNames returns the names of the flags AddFlags binds, for callers
+// that must tell whether any of them was given.
+func FlagNames() []string {
+	return []string{"nft-ports", "nft-iface", "nft-mark", "nft-route-table", "ipv6", "no-ipv6", "nft-fail-open"}
 }
 
 // portsValue is --nft-ports: a comma-separated list of 1-65535.

@@ -154,7 +154,7 @@ func TestWith(t *testing.T) {
 	fnErr := errors.New("serve failed")
 	var during bool
 	err := ns.Do(func() error {
-		return With(o, io.Discard, func() error { during = hasTable(); return fnErr })
+		return With(o, nil, func() error { during = hasTable(); return fnErr })
 	})
 	if !errors.Is(err, fnErr) {
 		t.Fatalf("With returned %v, want fn's error", err)
@@ -169,7 +169,7 @@ func TestWith(t *testing.T) {
 			}
 		}()
 		_ = ns.Do(func() error {
-			return With(o, io.Discard, func() error { panic("boom") })
+			return With(o, nil, func() error { panic("boom") })
 		})
 	}()
 	if hasTable() {
@@ -178,7 +178,7 @@ func TestWith(t *testing.T) {
 	// A bad config fails before fn runs.
 	o.Listen = "10.0.0.1:1"
 	ran := false
-	if err := With(o, io.Discard, func() error { ran = true; return nil }); err == nil || ran {
+	if err := With(o, nil, func() error { ran = true; return nil }); err == nil || ran {
 		t.Errorf("With with a bad --listen: err %v, fn ran %v", err, ran)
 	}
 }

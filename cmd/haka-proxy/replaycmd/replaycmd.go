@@ -2,7 +2,7 @@
 // through the inspectors and rules of the live proxy, for testing rules
 // before they are deployed (as `suricata -r` or `zeek -r`).
 //
-//	root.AddCommand(replaycmd.New(&replaycmd.Options{}, os.Stdout, os.Stderr, buildFactory))
+//	root.AddCommand(replaycmd.New(&replaycmd.Options{}, os.Stdout, os.Stderr, replayFactory))
 //
 // Alert and connection lines go to stdout, one JSON object (or text line)
 // each; diagnostics go to stderr. The command fails (exit status 1 from
@@ -29,6 +29,9 @@ import (
 type Options struct {
 	// Rules is the directory of Lua rules; empty means the built-in set.
 	Rules string
+	// RuleErrorPolicy is "drop" or "pass": what a rule that fails does
+	// to its connection (rules.ParseErrorPolicy).
+	RuleErrorPolicy string
 	// Format is "json" or "text".
 	Format string
 	// ReorderWindow and IdleTimeout are replay.Options' (packet time).
@@ -38,15 +41,27 @@ type Options struct {
 	Stats bool
 }
 
-// BuildFactory makes the inspector factory of a replay: rules is the
-// --rules directory ("" for the built-in rule set) and alerts is where the
-// rules' alerts are written, the writer of the connection lines.
-type BuildFactory func(rules string, alerts *output.Writer) (inspect.Factory, error)
+// Inspection is what a replay's inspection is made from.
+type Inspection struct {
+	// Rules is the --rules directory, "" for the built-in rule set.
+	Rules string
+	// RuleErrorPolicy is --rule-error-policy.
+	RuleErrorPolicy string
+	// Alerts is where the rules' alerts are written: the writer of the
+	// connection lines.
+	Alerts *output.Writer
+	// Log is where rule errors and the rules' log lines go (stderr).
+	Log io.Writer
+}
+
+// BuildFactory makes the inspector factory of a replay. If the factory
+// has a Close method, the replay calls it once done.
+type BuildFactory func(Inspection) (inspect.Factory, error)
 
 // PassThrough is a BuildFactory of inspectors that judge nothing; it
 // refuses --rules, which it could not honour.
-func PassThrough(rules string, _ *output.Writer) (inspect.Factory, error) {
-	if rules != "" {
+func PassThrough(in Inspection) (inspect.Factory, error) {
+	if in.Rules != "" {
 		return nil, errors.New("--rules: this build has no rule engine")
 	}
 	return inspect.PassThrough{}, nil
@@ -87,6 +102,8 @@ read of it is replayed all the same).`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.Rules, "rules", opts.Rules, "directory of Lua rules (default: the built-in rules)")
+	f.StringVar(&opts.RuleErrorPolicy, "rule-error-policy", opts.RuleErrorPolicy,
+		"what a rule that fails (an error, its deadline) does to its connection: drop or pass (default drop)")
 	f.StringVar(&opts.Format, "format", opts.Format, "output format: json or text")
 	f.DurationVar(&opts.ReorderWindow, "reorder-window", opts.ReorderWindow,
 		fmt.Sprintf("how long (packet time) bytes after a hole wait for the missing segment (0: %v)", replay.DefaultReorderWindow))
@@ -102,9 +119,12 @@ func run(opts *Options, files []string, stdout, stderr io.Writer, build BuildFac
 		return err
 	}
 	w := output.NewWriter(stdout, format)
-	factory, err := build(opts.Rules, w)
+	factory, err := build(Inspection{Rules: opts.Rules, RuleErrorPolicy: opts.RuleErrorPolicy, Alerts: w, Log: stderr})
 	if err != nil {
 		return err
+	}
+	if c, ok := factory.(interface{ Close() }); ok {
+		defer c.Close()
 	}
 	r, err := replay.New(replay.Options{
 		Factory:       factory,

@@ -46,11 +46,11 @@ func fakeMain(args []string) int {
 // alertingBuilder makes inspectors that forward everything and raise one
 // alert per connection at its first read, through the writer they are
 // given, as the rules do.
-func alertingBuilder(rules string, w *output.Writer) (inspect.Factory, error) {
-	if rules == "broken" {
+func alertingBuilder(in Inspection) (inspect.Factory, error) {
+	if in.Rules == "broken" {
 		return nil, errors.New("rules: broken.lua:3: syntax error")
 	}
-	return alertFactory{w}, nil
+	return alertFactory{in.Alerts}, nil
 }
 
 type alertFactory struct{ w *output.Writer }
