@@ -25,8 +25,9 @@ import (
 
 const pollWait = 20 * time.Second // bounds every wait: only a hang trips it
 
-// startIn runs a proxy on 127.0.0.1:0 in front of upstream.
-func startIn(t testing.TB, upstream string, cfg Config) (*Proxy, string) {
+// startIn runs a proxy on 127.0.0.1:0 in front of upstream; setup, if
+// given, sees it before it serves.
+func startIn(t testing.TB, upstream string, cfg Config, setup ...func(*Proxy)) (*Proxy, string) {
 	t.Helper()
 	if cfg.Upstream == "" && cfg.Dial == nil {
 		cfg.Upstream = upstream
@@ -34,6 +35,9 @@ func startIn(t testing.TB, upstream string, cfg Config) (*Proxy, string) {
 	p, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range setup {
+		f(p)
 	}
 	ln, err := Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
@@ -707,4 +711,90 @@ type factoryOf func(kill func(inspect.Decision)) inspect.Inspector
 
 func (f factoryOf) New(_ *inspect.Flow, kill func(inspect.Decision)) (inspect.Inspector, inspect.Decision) {
 	return f(kill), inspect.Decision{}
+}
+
+// Without a poller (no epoll set could be made), every pump keeps a
+// goroutine and the connections still work: bytes both ways, Pass runs,
+// bypass, a kill, the timeouts.
+func TestWithoutPoller(t *testing.T) {
+	noPoller := func(p *Proxy) { p.noPoller = true }
+	t.Run("echo", func(t *testing.T) {
+		p, addr := startIn(t, serveTCP(t, echoTCP), Config{}, noPoller)
+		if len(p.pollers) != 0 {
+			t.Fatal("pollers made")
+		}
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		msg := bytes.Repeat([]byte("abcdefgh"), 1<<17)
+		go func() {
+			c.Write(msg)
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		c.SetReadDeadline(time.Now().Add(pollWait))
+		got, err := io.ReadAll(c)
+		if err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("echo: %d bytes, %v", len(got), err)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		f    inspect.Factory
+	}{{"records", &tlsPass{}}, {"bypass", bypassFactory{}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, addr := startIn(t, serveTCP(t, echoTCP), Config{Factory: tc.f}, noPoller)
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			var sent bytes.Buffer
+			records(&sent, rand.New(rand.NewPCG(3, 4)), 100)
+			go func() {
+				c.Write(sent.Bytes())
+				c.(*net.TCPConn).CloseWrite()
+			}()
+			c.SetReadDeadline(time.Now().Add(pollWait))
+			got, err := io.ReadAll(c)
+			if err != nil || !bytes.Equal(got, sent.Bytes()) {
+				t.Fatalf("echo: %d of %d bytes, %v", len(got), sent.Len(), err)
+			}
+		})
+	}
+	t.Run("kill and idle timeout", func(t *testing.T) {
+		ended := make(chan inspect.Summary, 2)
+		kills := make(chan func(inspect.Decision), 2)
+		f := factoryOf(func(kill func(inspect.Decision)) inspect.Inspector {
+			kills <- kill
+			return &closeNotify{passAll: passAll{hello: true}, ended: ended}
+		})
+		_, addr := startIn(t, serveTCP(t, echoTCP), Config{Factory: f, Limits: Limits{IdleTimeout: 100 * time.Millisecond}}, noPoller)
+		a, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		exchange(t, a, "a")
+		kill := <-kills
+		kill(inspect.Decision{Verdict: inspect.Reset, Reason: "test", Rule: "test"})
+		if s := <-ended; s.Decision.Reason != "test" {
+			t.Fatalf("killed with %+v", s.Decision)
+		}
+		b, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		exchange(t, b, "b")
+		select {
+		case s := <-ended:
+			if s.Decision.Rule != RuleIdleTimeout {
+				t.Fatalf("ended with %+v", s.Decision)
+			}
+		case <-time.After(pollWait):
+			t.Fatal("no idle timeout")
+		}
+	})
 }

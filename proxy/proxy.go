@@ -78,6 +78,9 @@ type Proxy struct {
 	// coolAfter is the idle time after which hot pumps park (coolAfter;
 	// tests shorten it).
 	coolAfter atomic.Int64
+	// noPoller makes start make no poller, as on a system without epoll
+	// (tests).
+	noPoller bool
 
 	nextID      atomic.Uint64
 	active      atomic.Int64 // client connections counted against MaxConns
@@ -285,7 +288,7 @@ const maxPollers = 8
 func (p *Proxy) start() {
 	p.started = true
 	p.reports = startReporter()
-	if pollerSupported {
+	if pollerSupported && !p.noPoller {
 		n := min(max(runtime.GOMAXPROCS(0), 1), maxPollers)
 		for range n {
 			pl, err := newPoller(p.reports)

@@ -307,7 +307,7 @@ func (d *dir) run(onPoller bool) (ended bool) {
 			d.finishEOF()
 			return true
 		}
-		if spliceSupported && !d.splicing && c.bypassed.Load() {
+		if d.mustSplice() {
 			// Bypassed: what is pending goes on unjudged, then the
 			// kernel moves the rest.
 			if d.w > d.r {
@@ -381,6 +381,12 @@ func (d *dir) run(onPoller bool) (ended bool) {
 			}
 		}
 	}
+}
+
+// mustSplice reports a bypass the pump has yet to switch to splicing
+// for.
+func (d *dir) mustSplice() bool {
+	return spliceSupported && !d.splicing && d.c.bypassed.Load()
 }
 
 // handOff continues the pump on a goroutine of its own, which may wait:
@@ -459,7 +465,7 @@ func (d *dir) hotFill(fd uintptr) bool {
 	for {
 		r, _ := d.fill(int(fd))
 		if r == fillData && d.owe == 0 && !d.after && !d.c.stopped.Load() &&
-			(d.pipe == nil || d.pipe.n < pipeFlushAt) && (d.splicing || !d.c.bypassed.Load()) {
+			(d.pipe == nil || d.pipe.n < pipeFlushAt) && !d.mustSplice() {
 			continue // nothing to write yet: read on
 		}
 		if r != fillAgain {
@@ -473,7 +479,7 @@ func (d *dir) hotFill(fd uintptr) bool {
 			}
 		}
 		d.releaseIfEmpty()
-		if d.c.stopped.Load() || d.cool.Load() || d.c.bypassed.Load() && !d.splicing {
+		if d.c.stopped.Load() || d.cool.Load() || d.mustSplice() {
 			d.last = fillAgain
 			return true
 		}
