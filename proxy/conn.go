@@ -77,6 +77,9 @@ type conn struct {
 	// connecting: the proxy's own non-blocking connect to the upstream
 	// is in progress (see connect); the pumps wait for it.
 	connecting atomic.Bool
+	// slow: an inspection took long; the poller runs the pumps on
+	// goroutines of their own (see dir.feed).
+	slow atomic.Bool
 	// pl is the poller the pumps park in (nil without one).
 	pl *poller
 

@@ -145,6 +145,10 @@ func (pl *poller) fire(key uint64, events uint32) {
 		return
 	}
 	d.evEnd = events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	if d.c.slow.Load() {
+		go d.resume(false)
+		return
+	}
 	d.resume(true)
 }
 

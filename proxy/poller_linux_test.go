@@ -798,3 +798,130 @@ func TestWithoutPoller(t *testing.T) {
 		}
 	})
 }
+
+// sleepy is an inspector whose every Feed takes a while, as a rule that
+// computes.
+type sleepy struct{ passAll }
+
+func (sleepy) Feed(_ dissect.Direction, p []byte, _ time.Time) inspect.Result {
+	time.Sleep(2 * slowFeed)
+	return inspect.Result{Forward: len(p), HelloDone: true}
+}
+
+// A connection whose inspection is slow is run off the poller from then
+// on, so that it cannot hold up the poller's other connections; it
+// still parks there when idle, with no goroutine.
+func TestSlowInspectionLeavesThePoller(t *testing.T) {
+	f := factoryOf(func(func(inspect.Decision)) inspect.Inspector { return sleepy{} })
+	p, addr := startIn(t, serveTCP(t, echoTCP), Config{Factory: f})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	exchange(t, c, "first")
+	eventually(t, "parked", p.allParked)
+	base := runtime.NumGoroutine()
+	cs := p.openConns()
+	if len(cs) != 1 || !cs[0].slow.Load() {
+		t.Fatal("the slow inspection was not noticed")
+	}
+	for i := range 5 {
+		exchange(t, c, fmt.Sprintf("again %d", i))
+	}
+	eventually(t, "parked again", p.allParked)
+	eventually(t, "no goroutine left", func() bool { return runtime.NumGoroutine() <= base })
+}
+
+// blocking is an inspector whose first Feed up is slow and whose second
+// blocks until released.
+type blocking struct {
+	passAll
+	mu      sync.Mutex
+	n       int
+	release chan struct{}
+}
+
+func (b *blocking) Feed(d dissect.Direction, p []byte, _ time.Time) inspect.Result {
+	b.mu.Lock()
+	if d == dissect.Up {
+		b.n++
+	}
+	n := b.n
+	b.mu.Unlock()
+	switch {
+	case d != dissect.Up:
+	case n == 1:
+		time.Sleep(2 * slowFeed)
+	case n == 2:
+		<-b.release
+	}
+	return inspect.Result{Forward: len(p), HelloDone: true}
+}
+
+// While a connection known to be slow is being inspected, the other
+// connections of its poller go on.
+func TestSlowInspectionDoesNotHoldUpThePoller(t *testing.T) {
+	if !pollerSupported {
+		t.Skip("no poller on this system")
+	}
+	release := make(chan struct{})
+	first := true
+	var mu sync.Mutex
+	f := factoryOf(func(func(inspect.Decision)) inspect.Inspector {
+		mu.Lock()
+		defer mu.Unlock()
+		if first {
+			first = false
+			return &blocking{release: release}
+		}
+		return passAll{hello: true}
+	})
+	p, addr := startIn(t, serveTCP(t, echoTCP), Config{Factory: f})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the proxy's Shutdown, which waits for the pump
+	slow, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	exchange(t, slow, "one")
+	eventually(t, "parked", p.allParked)
+	pl := p.openConns()[0].pl
+	// A connection served by the same poller.
+	var other net.Conn
+	for other == nil {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		exchange(t, c, "x")
+		for _, cc := range p.openConns() {
+			if cc.pl == pl && cc.flow.Src.String() == c.LocalAddr().String() {
+				other = c
+			}
+		}
+	}
+	slow.Write([]byte("two")) // its Feed blocks until released
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		other.SetDeadline(time.Now().Add(pollWait))
+		other.Write([]byte("not held up"))
+		io.ReadFull(other, make([]byte, len("not held up")))
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		unblock()
+		t.Fatal("the poller waited for the slow inspection")
+	}
+	unblock()
+	got := make([]byte, 3)
+	slow.SetReadDeadline(time.Now().Add(pollWait))
+	if _, err := io.ReadFull(slow, got); err != nil || string(got) != "two" {
+		t.Fatalf("slow connection: %q, %v", got, err)
+	}
+}

@@ -47,6 +47,10 @@ const (
 	// pump stops peeking and reads as usual until the next spliced run:
 	// a miss costs a system call more than a plain read.
 	maxProbeMisses = 4
+	// slowFeed is how long one Feed may take before the connection's
+	// pumps leave the poller (see dir.feed): a hundred times what the TLS
+	// inspection takes on a record, a fifth of a typical rule deadline.
+	slowFeed = 2 * time.Millisecond
 )
 
 // Pump states (dir.state). A pump is owned by at most one goroutine at a
@@ -561,7 +565,7 @@ func (d *dir) peek(fd int) (fillResult, int) {
 	}
 	c := d.c
 	now := time.Now()
-	res := c.insp.Feed(d.d, d.hdr[:], now)
+	res := d.feed(d.hdr[:], now)
 	if res.Forward == probeSize && res.Pass > 0 && res.Decision.Verdict == inspect.Pass {
 		if res.HelloDone && d.d == dissect.Up {
 			c.helloDone.Store(true)
@@ -616,8 +620,21 @@ func (d *dir) consume(now time.Time) bool {
 		d.owe = d.w - d.r
 		return true
 	}
-	res := d.c.insp.Feed(d.d, d.buf[d.r+d.owe:d.w], now)
+	res := d.feed(d.buf[d.r+d.owe:d.w], now)
 	return d.apply(res, false)
+}
+
+// feed shows the inspector pending bytes. An inspection that takes
+// longer than slowFeed (a rule that computes, a long certificate chain)
+// would hold up the other connections of the poller the next time too:
+// the connection's pumps run on goroutines of their own from then on
+// (see poller.fire).
+func (d *dir) feed(pending []byte, now time.Time) inspect.Result {
+	res := d.c.insp.Feed(d.d, pending, now)
+	if time.Since(now) > slowFeed && !d.c.slow.Load() {
+		d.c.slow.Store(true)
+	}
+	return res
 }
 
 // apply takes in an inspector's result: the cleared head is owed to
