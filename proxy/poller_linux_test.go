@@ -899,7 +899,8 @@ func TestSlowInspectionDoesNotHoldUpThePoller(t *testing.T) {
 		defer c.Close()
 		exchange(t, c, "x")
 		for _, cc := range p.openConns() {
-			if cc.pl == pl && cc.flow.Src.String() == c.LocalAddr().String() {
+			// pumping orders the read of pl after its write.
+			if cc.pumping.Load() && cc.pl == pl && cc.flow.Src.String() == c.LocalAddr().String() {
 				other = c
 			}
 		}
