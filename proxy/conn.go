@@ -68,8 +68,11 @@ type conn struct {
 	bypassed atomic.Bool
 	// helloDone lifts the handshake timeout.
 	helloDone atomic.Bool
-	// lastActive is the time of the last read either way, as an offset
-	// from flow.Start (monotonic).
+	// active is set by every read either way; the sweeper turns it into
+	// lastActive, the time of the last sweep that found it set, as an
+	// offset from flow.Start (monotonic): idle time is known to a sweep
+	// period, and a read costs no clock reading.
+	active     atomic.Bool
 	lastActive atomic.Int64
 	// pumping is set once the pumps are set up: from then on the
 	// sweeper watches the connection's timeouts.
@@ -476,8 +479,10 @@ func (c *conn) bypass(d inspect.Decision) {
 	}
 }
 
-func (c *conn) touch(now time.Time) {
-	c.lastActive.Store(int64(now.Sub(c.flow.Start)))
+func (c *conn) touch() {
+	if !c.active.Load() {
+		c.active.Store(true)
+	}
 }
 
 // recoverSetup contains a panic while the connection is set up.

@@ -527,7 +527,7 @@ func (d *dir) read(fd int, max int) (fillResult, int) {
 	// poller's level-triggered registration fires again if more came).
 	d.skipRead = n < len(space) && !d.hot.Load() && !d.evEnd
 	now := time.Now()
-	d.c.touch(now)
+	d.c.touch()
 	if !d.consume(now) {
 		d.halt = true
 		return fillHalt, n
@@ -591,7 +591,7 @@ func (d *dir) peek(fd int) (fillResult, int) {
 		return fillHalt, 0
 	}
 	d.w += n
-	c.touch(now)
+	c.touch()
 	if !d.apply(res, false) {
 		d.halt = true
 		return fillHalt, n

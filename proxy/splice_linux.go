@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -148,7 +147,7 @@ func (d *dir) spliceIn(fd int, max int, pass bool) (fillResult, int) {
 			d.probe, d.misses = true, 0
 		}
 	}
-	c.touch(time.Now())
+	c.touch()
 	return fillData, n
 }
 

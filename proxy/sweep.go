@@ -83,6 +83,9 @@ func (p *Proxy) sweep(now time.Time, buf []*conn) []*conn {
 			continue
 		}
 		elapsed := now.Sub(c.flow.Start)
+		if c.active.Swap(false) {
+			c.lastActive.Store(int64(elapsed))
+		}
 		if c.connecting.Load() {
 			if elapsed >= lim.DialTimeout {
 				c.dialFailed(c.dialError("connect", os.ErrDeadlineExceeded))
