@@ -31,14 +31,17 @@ const (
 )
 
 // poller waits, on one epoll set, for the source sockets of the pumps
-// that parked there, and runs each pump on its own goroutine when its
-// socket becomes readable (see dir.run).
+// that parked there, and runs the pump of each socket that becomes
+// readable on its own goroutine (see dir.run), unless the pump's
+// connection was found slow to inspect (then on a goroutine of its own,
+// see dir.feed). A pump that would have to wait (a full destination) or
+// that keeps the poller busy leaves it (see dir.handOff).
 //
 // The epoll descriptor is itself waited for in the runtime's network
 // poller (an epoll set is readable while events are ready), so a poller
 // with nothing to do is a parked goroutine like any other and no thread
-// blocks in epoll_wait. The sockets stay registered with the runtime's
-// poller too (edge-triggered, as net.TCPConn registers them): Linux
+// blocks in epoll_wait. Sockets that came as a net.TCPConn stay
+// registered with the runtime's poller too (edge-triggered): Linux
 // allows a descriptor in several epoll sets; the runtime only records
 // their edges, which nobody waits for while the pump is parked here.
 //
