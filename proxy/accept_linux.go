@@ -46,23 +46,22 @@ func (c *conn) connect() bool {
 	c.mu.Lock()
 	c.upstream = p.cfg.Upstream
 	c.mu.Unlock()
-	family, sa := unix.AF_INET6, unix.Sockaddr(nil)
+	family := unix.AF_INET6
 	if ap.Addr().Is4() {
-		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	} else {
-		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		family = unix.AF_INET
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	fd, err := sysSocket(family)
 	if err != nil {
 		c.dialFailed(c.dialError("socket", err))
 		return false
 	}
 	c.setServer(&sock{fd: fd})
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+	// Small records must not wait for the peer's delayed ACK (Nagle).
+	if err := sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
 		c.dialFailed(c.dialError("setsockopt", err))
 		return false
 	}
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+	if err := sysConnect(fd, ap); err != nil && err != unix.EINPROGRESS {
 		c.dialFailed(c.dialError("connect", err))
 		return false
 	}
@@ -97,7 +96,7 @@ func (c *conn) connected(events uint32) {
 		return
 	}
 	if events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 || events&unix.EPOLLOUT == 0 {
-		errno, err := unix.GetsockoptInt(c.server.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		errno, err := sysGetsockoptInt(c.server.fd, unix.SOL_SOCKET, unix.SO_ERROR)
 		if err == nil {
 			err = syscall.Errno(errno)
 			if errno == 0 {

@@ -6,8 +6,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // sock is one side of a connection. The pumps use its descriptor
@@ -95,7 +93,7 @@ func (s *sock) setReadDeadline(t time.Time) {
 
 // resetOnClose makes the close send RST (SO_LINGER 0).
 func (s *sock) resetOnClose() {
-	unix.SetsockoptLinger(s.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	sysLingerZero(s.fd)
 }
 
 // close closes the socket through whatever owns its descriptor.
@@ -106,7 +104,7 @@ func (s *sock) close() {
 	case w != nil && w.f != nil:
 		w.f.Close()
 	case s.fd >= 0:
-		unix.Close(s.fd)
+		sysClose(s.fd)
 	}
 	s.fd = -1
 }
