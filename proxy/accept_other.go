@@ -2,12 +2,19 @@
 
 package proxy
 
-import "net/netip"
+import (
+	"net"
+	"net/netip"
+)
 
 // Without epoll there is no fast path: every connection is dialled with
 // the net package (see handle).
 
 func (p *Proxy) fastPath() bool { return false }
+
+func (p *Proxy) rawListener(net.Listener) (*net.TCPListener, bool) { return nil, false }
+
+func (p *Proxy) serveRaw(*net.TCPListener) error { panic("proxy: no fast path on this system") }
 
 func (c *conn) startRaw() bool { panic("proxy: no fast path on this system") }
 

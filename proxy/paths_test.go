@@ -3,9 +3,11 @@ package proxy_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hakaproxy/haka-proxy/proxy"
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
@@ -106,5 +108,48 @@ func TestSetupPaths(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// Serve returns when its listener is closed by its owner (not only at
+// Shutdown), and the port is free at once.
+func TestServeReturnsWhenListenerClosed(t *testing.T) {
+	be := startBackend(t, echo)
+	p, err := proxy.New(proxy.Config{Upstream: be.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Shutdown(context.Background())
+	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ln) }()
+	// Serving: a connection goes through.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("x"))
+	c.(*net.TCPConn).CloseWrite()
+	if b, err := readAll(t, c); err != nil || string(b) != "x" {
+		t.Fatalf("echo %q, %v", b, err)
+	}
+	c.Close()
+	ln.Close()
+	again, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("the port is still taken after Close: %v", err)
+	}
+	again.Close()
+	select {
+	case err := <-served:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Serve: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("Serve did not return after its listener was closed")
 	}
 }

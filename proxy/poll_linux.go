@@ -56,8 +56,9 @@ type poller struct {
 	raw  syscall.RawConn
 	wait func(fd uintptr) bool // pl.poll, bound once
 
-	mu   sync.Mutex
-	dirs map[uint64]*dir
+	mu        sync.Mutex
+	dirs      map[uint64]*dir
+	acceptors map[uint64]*acceptor
 
 	events [pollBatch]unix.EpollEvent
 	// ended collects the connections finished by the pumps of one batch
@@ -84,7 +85,8 @@ func newPoller(reports *reporter) (*poller, error) {
 		f.Close()
 		return nil, fmt.Errorf("epoll: %w", err)
 	}
-	pl := &poller{epfd: fd, file: f, raw: raw, dirs: make(map[uint64]*dir), reports: reports, done: make(chan struct{})}
+	pl := &poller{epfd: fd, file: f, raw: raw, dirs: make(map[uint64]*dir), acceptors: make(map[uint64]*acceptor),
+		reports: reports, done: make(chan struct{})}
 	pl.wait = pl.poll
 	go pl.run()
 	return pl, nil
@@ -137,6 +139,15 @@ func (pl *poller) poll(fd uintptr) bool {
 // poller. So a pump woken with its socket's end (or an error) reported
 // reads on to EAGAIN or the end.
 func (pl *poller) fire(key uint64, events uint32) {
+	if key&listenerKey != 0 {
+		pl.mu.Lock()
+		a := pl.acceptors[key]
+		pl.mu.Unlock()
+		if a != nil {
+			a.accept()
+		}
+		return
+	}
 	pl.mu.Lock()
 	d := pl.dirs[key]
 	pl.mu.Unlock()
@@ -161,6 +172,18 @@ func (pl *poller) register(c *conn) {
 	pl.mu.Lock()
 	pl.dirs[c.up.key] = &c.up
 	pl.dirs[c.down.key] = &c.down
+	pl.mu.Unlock()
+}
+
+func (pl *poller) addAcceptor(a *acceptor) {
+	pl.mu.Lock()
+	pl.acceptors[a.key] = a
+	pl.mu.Unlock()
+}
+
+func (pl *poller) removeAcceptor(a *acceptor) {
+	pl.mu.Lock()
+	delete(pl.acceptors, a.key)
 	pl.mu.Unlock()
 }
 

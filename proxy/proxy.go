@@ -112,6 +112,10 @@ type Proxy struct {
 	active      atomic.Int64 // client connections counted against MaxConns
 	limitWarned atomic.Int64 // when max-conns was last warned about (Unix ns)
 
+	// quit is closed by Shutdown: Serve returns.
+	quit     chan struct{}
+	quitOnce sync.Once
+
 	mu        sync.Mutex
 	conns     map[*conn]struct{}
 	listeners map[net.Listener]struct{}
@@ -149,6 +153,7 @@ func New(cfg Config) (*Proxy, error) {
 		dial:      cfg.Dial,
 		pipes:     newPipePool(),
 		conns:     make(map[*conn]struct{}),
+		quit:      make(chan struct{}),
 		listeners: make(map[net.Listener]struct{}),
 	}
 	if p.log == nil {
@@ -237,6 +242,9 @@ func (p *Proxy) Serve(ln net.Listener) error {
 		delete(p.listeners, ln)
 		p.mu.Unlock()
 	}()
+	if tl, ok := p.rawListener(ln); ok {
+		return p.serveRaw(tl)
+	}
 
 	var backoff time.Duration
 	for {
@@ -416,6 +424,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for ln := range p.listeners {
 		ln.Close()
 	}
+	p.quitOnce.Do(func() { close(p.quit) })
 	open := len(p.conns)
 	p.mu.Unlock()
 	if _, ok := ctx.Deadline(); !ok {
