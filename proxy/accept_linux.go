@@ -21,12 +21,13 @@ import (
 //
 // Accepting is raw when the listener is a *net.TCPListener, the proxy
 // has pollers and no PROXY header is read from clients (reading one
-// needs a net.Conn). The listener is registered in every poller
-// (EPOLLEXCLUSIVE: one of them is woken); accept4 runs inside the
-// listener's RawConn.Control, which holds the descriptor against a
-// concurrent Close. Connecting is raw when the upstream is a fixed IP
-// address: a hostname needs the resolver, a DialFunc is the caller's
-// code, and both go through handle on a goroutine of their own.
+// needs a net.Conn). The listener is registered in one poller (in all
+// of them, each new connection would wake each, all but one to find
+// nothing); accept4 runs inside the listener's RawConn.Control, which
+// holds the descriptor against a concurrent Close. Connecting is raw
+// when the upstream is a fixed IP address: a hostname needs the
+// resolver, a DialFunc is the caller's code, and both go through handle
+// on a goroutine of their own.
 
 // fastPath reports whether new connections connect with connect.
 func (p *Proxy) fastPath() bool {
@@ -49,10 +50,10 @@ const (
 
 // acceptor is a listener served by the pollers.
 type acceptor struct {
-	p       *Proxy
-	pollers []*poller // the proxy's, as Serve found them
-	key     uint64
-	raw     syscall.RawConn
+	p   *Proxy
+	pl  *poller // the poller the listener is registered in
+	key uint64
+	raw syscall.RawConn
 	// dst is the address clients connect to when it is the listener's
 	// own (a specific address, not transparent); otherwise each
 	// connection asks its socket (getsockname).
@@ -77,16 +78,11 @@ func (p *Proxy) serveRaw(ln *net.TCPListener) error {
 	if err != nil {
 		return err
 	}
-	a := &acceptor{p: p, pollers: p.pollers, raw: raw, dst: listenerDst(ln, raw)}
+	a := &acceptor{p: p, raw: raw, dst: listenerDst(ln, raw)}
 	a.key = listenerKey | p.nextID.Add(1)
-	for _, pl := range a.pollers {
-		pl.addAcceptor(a)
-	}
-	defer func() {
-		for _, pl := range a.pollers {
-			pl.removeAcceptor(a)
-		}
-	}()
+	a.pl = p.pollerFor(a.key)
+	a.pl.addAcceptor(a)
+	defer a.pl.removeAcceptor(a)
 	if err := a.register(); err != nil {
 		return fmt.Errorf("listener: %w", err)
 	}
@@ -107,16 +103,14 @@ func (p *Proxy) serveRaw(ln *net.TCPListener) error {
 	}
 }
 
-// register puts the listener in every poller's epoll set.
+// register puts the listener in its poller's epoll set.
 func (a *acceptor) register() error {
 	var err error
 	if cerr := a.raw.Control(func(fd uintptr) {
-		for _, pl := range a.pollers {
-			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE}
-			setEventKey(&ev, a.key)
-			if e := sysEpollCtl(pl.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev); e != nil && e != unix.EEXIST {
-				err = fmt.Errorf("epoll_ctl: %w", e)
-			}
+		ev := unix.EpollEvent{Events: unix.EPOLLIN}
+		setEventKey(&ev, a.key)
+		if e := sysEpollCtl(a.pl.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev); e != nil && e != unix.EEXIST {
+			err = fmt.Errorf("epoll_ctl: %w", e)
 		}
 	}); cerr != nil {
 		return cerr
@@ -137,7 +131,7 @@ func (a *acceptor) accept() {
 		return
 	}
 	// EMFILE, ENFILE, ENOBUFS, ENOMEM: the listener stays readable, so it
-	// leaves the epoll sets for a pause that doubles, as net/http does.
+	// leaves the epoll set for a pause that doubles, as net/http does.
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.paused {
@@ -147,9 +141,7 @@ func (a *acceptor) accept() {
 	a.backoff = min(max(2*a.backoff, acceptBackoffMin), acceptBackoffMax)
 	a.p.log.Error("accept failed; retrying", zap.Error(os.NewSyscallError("accept4", aerr)), zap.Duration("backoff", a.backoff))
 	a.raw.Control(func(fd uintptr) {
-		for _, pl := range a.pollers {
-			sysEpollCtl(pl.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
-		}
+		sysEpollCtl(a.pl.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 	})
 	time.AfterFunc(a.backoff, func() {
 		a.mu.Lock()
