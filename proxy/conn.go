@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -31,7 +32,7 @@ const (
 	RuleHandshakeTimeout = "proxy:handshake-timeout"
 	RuleIdleTimeout      = "proxy:idle-timeout"
 	RuleMaxHeldBytes     = "proxy:max-held-bytes"
-	RulePanic            = "proxy:panic"
+	RulePanic            = inspect.RulePanic
 	RuleShutdown         = "proxy:shutdown"
 	RuleProxyProtocol    = "proxy:proxy-protocol"
 	RuleInspector        = "proxy:inspector"
@@ -187,7 +188,7 @@ func (c *conn) serve() (started bool) {
 // false when the factory refused the connection.
 func (c *conn) inspect() bool {
 	p := c.p
-	insp, d := p.factory.Load().f.New(&c.flow, c.kill)
+	insp, d := p.factory.Load().f.New(&c.flow, c.inspectorKill)
 	c.insp = insp
 	switch {
 	case d.Verdict.Kills():
@@ -419,6 +420,21 @@ func (c *conn) kill(d inspect.Decision) {
 	c.stop()
 }
 
+// inspectorKill is the kill function given to Factory.New. A decision
+// with RulePanic reports a panic the inspector recovered on a goroutine of
+// its own: it is counted and logged like the pumps' (recoverPanic), with
+// the stack of the call, which still shows where it panicked.
+func (c *conn) inspectorKill(d inspect.Decision) {
+	if d.Rule == RulePanic {
+		c.p.metrics.panicked()
+		c.p.log.Error("panic in a connection; resetting it",
+			zap.Uint64("id", c.flow.ID), zap.String("where", "inspector"),
+			zap.String("panic", strings.TrimPrefix(d.Reason, "panic: ")), zap.StackSkip("stack", 1))
+		d.Verdict = inspect.Reset
+	}
+	c.kill(d)
+}
+
 // abort ends the connection without a verdict (an I/O error): reason goes
 // to the log line, rst resets both sides.
 func (c *conn) abort(reason string, rst bool) {
@@ -579,6 +595,7 @@ func (c *conn) report() {
 		p.metrics.refused(c.refused)
 	}
 	p.metrics.verdict(d.Verdict)
+	p.metrics.limit(d.Rule)
 	if d.Rule == ruleBuiltinFail {
 		p.metrics.InspectionError()
 	}

@@ -31,6 +31,15 @@ const (
 	DialOther       = "other"
 )
 
+// Limits that end a connection, the values of the limit label of
+// haka_proxy_limits_total: which of them a proxy under load runs into.
+const (
+	LimitHandshakeTimeout = "handshake_timeout" // --handshake-timeout
+	LimitIdleTimeout      = "idle_timeout"      // --idle-timeout
+	LimitMaxHeldBytes     = "max_held_bytes"    // --max-held-bytes
+	LimitDrainTimeout     = "drain_timeout"     // --drain-timeout, at shutdown
+)
+
 // Metrics are the proxy's Prometheus metrics, in a registry of their own
 // (never the global one, so that two proxies in one process, as in tests,
 // do not collide). The zero value is not usable: call NewMetrics. A nil
@@ -46,6 +55,7 @@ type Metrics struct {
 	Verdicts          *prometheus.CounterVec // label verdict
 	InspectionErrors  prometheus.Counter
 	Panics            prometheus.Counter
+	Limits            *prometheus.CounterVec // label limit
 	// RuleEval is observed by the rule engine, once per evaluated rule
 	// (see ObserveRuleEval).
 	RuleEval prometheus.Histogram
@@ -92,6 +102,10 @@ func NewMetrics() *Metrics {
 			Name: "haka_proxy_panics_total",
 			Help: "Panics recovered in a connection's path; the connection was reset.",
 		}),
+		Limits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "haka_proxy_limits_total",
+			Help: "Connections ended by a limit, by limit (handshake_timeout, idle_timeout, max_held_bytes, drain_timeout).",
+		}, []string{"limit"}),
 		RuleEval: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "haka_proxy_rule_eval_duration_seconds",
 			Help: "Time to evaluate one rule on one event.",
@@ -103,7 +117,7 @@ func NewMetrics() *Metrics {
 	}
 	m.Registry.MustRegister(
 		m.ConnectionsActive, m.ConnectionsTotal, m.Refused, m.DialErrors,
-		m.Bytes, m.Verdicts, m.InspectionErrors, m.Panics, m.RuleEval,
+		m.Bytes, m.Verdicts, m.InspectionErrors, m.Panics, m.Limits, m.RuleEval,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -119,6 +133,9 @@ func NewMetrics() *Metrics {
 	}
 	for _, c := range []string{DialRefused, DialTimeout, DialNoRoute, DialUnreachable, DialResolve, DialOther} {
 		m.DialErrors.WithLabelValues(c)
+	}
+	for _, l := range []string{LimitHandshakeTimeout, LimitIdleTimeout, LimitMaxHeldBytes, LimitDrainTimeout} {
+		m.Limits.WithLabelValues(l)
 	}
 	return m
 }
@@ -182,6 +199,31 @@ func (m *Metrics) forwarded(up bool, n int) {
 func (m *Metrics) verdict(v inspect.Verdict) {
 	if m != nil && int(v) < len(m.verdicts) {
 		m.verdicts[v].Inc()
+	}
+}
+
+// limitOf names the limit a connection ended by, from its rule; "" when
+// it ended otherwise.
+func limitOf(rule string) string {
+	switch rule {
+	case RuleHandshakeTimeout:
+		return LimitHandshakeTimeout
+	case RuleIdleTimeout:
+		return LimitIdleTimeout
+	case RuleMaxHeldBytes:
+		return LimitMaxHeldBytes
+	case RuleShutdown:
+		return LimitDrainTimeout
+	}
+	return ""
+}
+
+func (m *Metrics) limit(rule string) {
+	if m == nil {
+		return
+	}
+	if l := limitOf(rule); l != "" {
+		m.Limits.WithLabelValues(l).Inc()
 	}
 }
 

@@ -85,3 +85,49 @@ func TestDeadlineShorterLimitBringsTheTimerForward(t *testing.T) {
 	}
 	d.disarm()
 }
+
+// With Steps, an evaluation is bounded by instructions: a runaway loop is
+// stopped after exactly that many, whatever the clock says, and quick
+// evaluations in a row are never stopped.
+func TestStepBudget(t *testing.T) {
+	d := newDeadline()
+	const budget = 1000
+	for round := 0; round < 3; round++ {
+		d.armSteps(budget)
+		n := 0
+		for {
+			n++
+			select {
+			case <-d.Done():
+			default:
+				continue
+			}
+			break
+		}
+		if n != budget+1 {
+			t.Errorf("round %d: stopped at instruction %d, want %d", round, n, budget+1)
+		}
+		if !d.hit() || d.Err() == nil {
+			t.Error("stopped but not reported")
+		}
+		d.disarm()
+		d.armSteps(budget)
+		for range budget {
+			d.Done()
+		}
+		if d.Err() != nil {
+			t.Errorf("round %d: an evaluation within its budget was stopped", round)
+		}
+		d.disarm()
+	}
+	// A wall-clock evaluation after a counted one is not bounded by the
+	// old budget.
+	d.arm(time.Hour)
+	for range 2 * budget {
+		d.Done()
+	}
+	if d.Err() != nil {
+		t.Error("the budget of an earlier evaluation stopped a wall-clock one")
+	}
+	d.disarm()
+}

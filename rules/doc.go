@@ -29,6 +29,19 @@
 // which is tlssm.Events. The caller makes each event's parameter, best as
 // an Object, whose fields cost nothing until a rule reads them.
 //
+// # State machines in Lua
+//
+// A rule file may define a dissector written in Lua, with Haka's state
+// machine language (haka.dissector.new, haka.state_machine.new, state,
+// st:on{...}, tls.grammar.NAME elements; see luasm.go and the README).
+// Its events are registered while the set loads and hooked like the tls
+// dissector's; its machine is built with package sm when the file loads
+// and checked then, every mistake at its file and line. Installed, it
+// runs per connection beside the TLS machine, on the interpreter state of
+// the connection's rules, fed the units the TLS machine accepted through
+// tlssm.UnitHandler: NewTLSHandler returns a handler that implements it
+// only for connections an installed machine applies to.
+//
 // # Concurrency model
 //
 // A loaded rule set owns a fixed pool of interpreter states (PoolSize,
@@ -65,9 +78,15 @@
 // Each evaluation runs under a deadline (Options.Deadline), checked before
 // every Lua instruction through the state's context, which is re-armed
 // per evaluation rather than made per event. The deadline is wall-clock
-// time, which also runs while the goroutine waits for a processor; an
-// evaluation that ran fewer than 100,000 instructions by its deadline is
-// presumed starved rather than runaway and gets up to twice the deadline.
+// time, which also runs while the goroutine waits for a processor (a busy
+// host, a container throttled for its CPU quota): an evaluation that ran
+// fewer than 100,000 instructions by its deadline is presumed stalled
+// rather than runaway, and goes on, a deadline at a time, as long as it
+// runs no instruction and the process allocates less than 16 MiB per
+// deadline, for at most 30 times the deadline. A runaway loop runs its
+// 100,000 instructions in a millisecond or two; few expensive
+// instructions (string.gsub over a megabyte, s = s .. s) are stopped a
+// deadline after the first.
 //
 // Library functions run in Go and cannot be interrupted, so those that
 // could allocate without bound in one call (string.rep, string.gsub,

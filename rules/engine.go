@@ -26,6 +26,9 @@ type Engine struct {
 	// created counts the interpreter states ever created, which only
 	// loading a set does.
 	created atomic.Int64
+	// sets and states count the sets loaded and not yet closed, and
+	// their states (Stats).
+	sets, states atomic.Int64
 }
 
 // ErrClosed is returned by Reload after Close.
@@ -53,6 +56,13 @@ func (e *Engine) load() (*ruleSet, error) {
 	s, err := loadSet(&e.opts, e.opts.PoolSize, &e.created, false)
 	if err != nil {
 		return nil, err
+	}
+	n := int64(len(s.states))
+	e.sets.Add(1)
+	e.states.Add(n)
+	s.closed = func() {
+		e.sets.Add(-1)
+		e.states.Add(-n)
 	}
 	for _, w := range s.warnings {
 		e.opts.Logger.Warn("rule set: "+w.Msg, zap.String("at", fmt.Sprintf("%s:%d", w.File, w.Line)))

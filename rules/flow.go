@@ -3,6 +3,7 @@ package rules
 import (
 	"context"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,6 +41,9 @@ type Flow struct {
 	dst  netip.AddrPort
 	info FlowInfo
 	dec  inspect.Decision
+	// now is the stream time of the event being evaluated, when the caller
+	// knows it (SetTime): packet time in a replay. Alerts carry it.
+	now time.Time
 
 	closed bool
 
@@ -101,6 +105,18 @@ func (f *Flow) Eval(ev Event, build func(L *lua.LState) lua.LValue) inspect.Deci
 	return f.dec
 }
 
+// SetTime sets the stream time of the events evaluated next: the time
+// their alerts carry. Without it, alerts carry the wall clock.
+func (f *Flow) SetTime(t time.Time) { f.now = t }
+
+// alertTime is the time of an alert raised now.
+func (f *Flow) alertTime() time.Time {
+	if f.now.IsZero() {
+		return time.Now()
+	}
+	return f.now
+}
+
 // Close releases the flow's data and its hold on its rule set; the set's
 // states are closed when the last flow pinned to a replaced set closes.
 // Close is idempotent.
@@ -152,25 +168,46 @@ func (f *Flow) ref() output.FlowRef {
 func (st *state) eval(f *Flow, ev Event, build func(*lua.LState) lua.LValue) []*output.Alert {
 	st.mu.Lock()
 	defer st.endEval()
-	L := st.L
 	st.cur, st.ev = f, ev
 	var param lua.LValue = lua.LNil
 	if build != nil {
-		param = build(L)
+		param = build(st.L)
 	}
-	if f.ud == nil {
-		f.ud = L.NewUserData()
-		f.ud.Value = f
-		f.ud.Metatable = st.flowMeta
+	st.armEval()
+	st.runRules(f, ev, param, nil)
+	st.ctx.disarm()
+	alerts := st.alerts
+	st.alerts = nil
+	return alerts
+}
+
+// armEval starts the bound of one evaluation: instructions when the
+// options count them, the wall-clock deadline otherwise.
+func (st *state) armEval() {
+	if n := st.set.opts.Steps; n > 0 {
+		st.ctx.armSteps(n)
+		return
 	}
-	rules := st.set.hooks[ev]
 	st.ctx.arm(st.set.opts.Deadline)
+}
+
+// runRules runs the rules of ev for f with the parameters param and
+// more, on st, which the caller holds with f as the flow being evaluated
+// and the deadline armed.
+func (st *state) runRules(f *Flow, ev Event, param lua.LValue, more []lua.LValue) {
+	L := st.L
+	ud := f.userdata(st)
+	rules := st.set.hooks[ev]
 	for i, fn := range st.evals[ev] {
 		st.rule = rules[i]
 		L.Push(fn)
-		L.Push(f.ud)
+		L.Push(ud)
 		L.Push(param)
-		if err := L.PCall(2, 0, nil); err != nil {
+		for _, v := range more {
+			L.Push(v)
+		}
+		if err := L.PCall(2+len(more), 0, nil); err != nil {
+			st.repanic(f, err)
 			overran := st.overran(err)
 			st.failed(f, err, overran)
 			if overran {
@@ -181,10 +218,16 @@ func (st *state) eval(f *Flow, ev Event, build func(*lua.LState) lua.LValue) []*
 			break
 		}
 	}
-	st.ctx.disarm()
-	alerts := st.alerts
-	st.alerts = nil
-	return alerts
+}
+
+// userdata returns the flow's Lua object in st, made on first use.
+func (f *Flow) userdata(st *state) *lua.LUserData {
+	if f.ud == nil {
+		f.ud = st.L.NewUserData()
+		f.ud.Value = f
+		f.ud.Metatable = st.flowMeta
+	}
+	return f.ud
 }
 
 // overran tells a deadline stop from an error a rule raised by itself
@@ -197,7 +240,7 @@ func (st *state) overran(err error) bool {
 // endEval clears the evaluation context and unlocks; deferred, so that a
 // panic in the caller's build function cannot leave the state locked.
 func (st *state) endEval() {
-	st.cur, st.rule = nil, nil
+	st.cur, st.rule, st.evName = nil, nil, ""
 	st.alerts = nil
 	st.mu.Unlock()
 }
@@ -209,11 +252,14 @@ func (st *state) failed(f *Flow, err error, overran bool) {
 	reason := "rule error"
 	if overran {
 		msg = "exceeded the " + st.set.opts.Deadline.String() + " deadline"
+		if n := st.set.opts.Steps; n > 0 {
+			msg = "exceeded the bound of " + strconv.Itoa(n) + " instructions"
+		}
 		reason = "rule deadline exceeded"
 	}
 	st.log.Error("rule failed",
 		zap.String("rule", r.loc),
-		zap.String("event", st.set.reg.events[st.ev].display),
+		zap.String("event", st.eventName()),
 		zap.Uint64("flow", f.id),
 		zap.String("error", msg),
 		zap.Stringer("policy", st.set.opts.ErrorPolicy))
@@ -280,7 +326,7 @@ func (st *state) flowLog(L *lua.LState) int {
 		zap.Stringer("src", f.src),
 		zap.Stringer("dst", f.dst),
 		zap.String("rule", st.rule.loc),
-		zap.String("event", st.set.reg.events[st.ev].display),
+		zap.String("event", st.eventName()),
 	}
 	if f.info != nil {
 		if sni := f.info.Info().SNI; sni != "" {

@@ -12,7 +12,11 @@
 --      in the other direction (hb.leak): the server is leaking memory;
 --   4. an encrypted heartbeat request shorter than the negotiated cipher
 --      allows, or one before any application data (anomalies
---      "heartbeat_request_too_short", "heartbeat_before_application_data").
+--      "heartbeat_request_too_short", "heartbeat_before_application_data");
+--   5. a flood of heartbeat requests sent without waiting for the
+--      answers (anomaly "too_many_heartbeat_requests"): past four
+--      unanswered, a leaking response could pass for the answer to a
+--      longer request.
 --
 -- Each raises a high-severity alert and ends the connection.
 --
@@ -32,6 +36,7 @@ local config = {
     heartbeat_before_application_data = "heartbleed: encrypted heartbeat before any application data",
     heartbeat_request_too_short = "heartbleed: encrypted heartbeat request shorter than the cipher allows",
     heartbeat_overflow = "heartbleed: heartbeat payload_length larger than its record",
+    too_many_heartbeat_requests = "heartbleed: more heartbeat requests unanswered than can be matched with their responses",
   },
   all_heartbeats = false,
 }

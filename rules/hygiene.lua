@@ -4,7 +4,9 @@
 --
 --   parse_error   input the grammar could not parse (the state machine
 --                 fails such a connection anyway; this rule says why in
---                 an alert).
+--                 an alert). A connection that never spoke TLS (SSH or
+--                 HTTP on the port: the parse error's message starts
+--                 with "not TLS") is named as such, not as malformed TLS.
 --   anomaly       a named protocol anomaly: those listed in `drop` raise
 --                 an alert and end the connection, those in `log` are
 --                 logged with flow:log, any other is ignored.
@@ -64,7 +66,13 @@ end
 haka.rule {
   on = tls.events.parse_error,
   eval = function(flow, err)
-    local description = "malformed TLS (" .. tostring(err.direction) .. "): " .. tostring(err.message)
+    local message = tostring(err.message)
+    local description
+    if string.sub(message, 1, 9) == "not TLS: " then
+      description = "not TLS (" .. tostring(err.direction) .. "): " .. string.sub(message, 10)
+    else
+      description = "malformed TLS (" .. tostring(err.direction) .. "): " .. message
+    end
     haka.alert{ description = description, severity = config.severity, confidence = "high" }
     stop(flow, description)
   end,

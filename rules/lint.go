@@ -17,12 +17,18 @@ import (
 //   - require "name" of a module that is missing or does not compile,
 //     inside functions that loading did not run.
 //
+// Inside the definition of a state machine, the vocabulary (state,
+// events, ...) is defined; an undefined name the definition already
+// reported (a jump to an undefined state) is not reported again.
+//
 // Modules required with a constant name are looked at too.
 func lint(st *state, protos []*lua.FunctionProto) LoadErrors {
 	type use struct {
 		file string
 		line int
 		name string
+		// machine: the read is inside a state machine's definition.
+		machine bool
 	}
 	var (
 		uses     []use
@@ -30,8 +36,9 @@ func lint(st *state, protos []*lua.FunctionProto) LoadErrors {
 		assigned = make(map[string]bool)
 		modules  = make(map[string]bool)
 	)
-	var walk func(p *lua.FunctionProto)
-	walk = func(p *lua.FunctionProto) {
+	var walk func(p *lua.FunctionProto, machine bool)
+	walk = func(p *lua.FunctionProto, machine bool) {
+		machine = machine || st.lsm.protos[p]
 		line := func(pc int) int {
 			if pc < len(p.DbgSourcePositions) {
 				return p.DbgSourcePositions[pc]
@@ -51,7 +58,7 @@ func lint(st *state, protos []*lua.FunctionProto) LoadErrors {
 				assigned[string(name)] = true
 				continue
 			}
-			uses = append(uses, use{p.SourceName, line(pc), string(name)})
+			uses = append(uses, use{p.SourceName, line(pc), string(name), machine})
 			if name != "require" {
 				continue
 			}
@@ -62,16 +69,16 @@ func lint(st *state, protos []*lua.FunctionProto) LoadErrors {
 				if err != nil {
 					errs = append(errs, LoadError{File: p.SourceName, Line: line(pc), Msg: fmt.Sprintf("require %q: %v", mod, err)})
 				} else {
-					walk(proto)
+					walk(proto, false)
 				}
 			}
 		}
 		for _, c := range p.FunctionPrototypes {
-			walk(c)
+			walk(c, machine)
 		}
 	}
 	for _, p := range protos {
-		walk(p)
+		walk(p, false)
 	}
 
 	globals := st.L.G.Global
@@ -84,6 +91,9 @@ func lint(st *state, protos []*lua.FunctionProto) LoadErrors {
 	seen := make(map[use]bool)
 	for _, u := range uses {
 		if assigned[u.name] || globals.RawGetString(u.name) != lua.LNil || seen[u] {
+			continue
+		}
+		if u.machine && (machineVocabulary[u.name] || st.lsm.reported[LoadError{File: u.file, Msg: u.name}]) {
 			continue
 		}
 		seen[u] = true

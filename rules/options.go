@@ -78,6 +78,10 @@ type Options struct {
 	// Deadline bounds the evaluation of one event; zero means
 	// DefaultDeadline.
 	Deadline time.Duration
+	// Steps, when positive, bounds the evaluation of one event by Lua
+	// instructions instead of by Deadline: the replay sets it, so that
+	// its verdicts do not depend on the load of the machine it runs on.
+	Steps int
 	// ErrorPolicy says what a rule failure does to its connection.
 	ErrorPolicy ErrorPolicy
 	// PoolSize is the number of interpreter states per rule set; zero

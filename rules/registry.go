@@ -55,6 +55,9 @@ type dissectorEntry struct {
 	name   string
 	first  Event
 	events map[string]Event
+	// lua marks a dissector written in Lua (haka.dissector.new), which
+	// registers itself and its events while its set loads.
+	lua bool
 }
 
 // registry holds the dissectors a rule set may hook. Each rule set has its
@@ -110,6 +113,34 @@ func (r *registry) register(d Dissector) error {
 	r.dissectors = append(r.dissectors, e)
 	r.byName[d.Name] = e
 	return nil
+}
+
+// registerLua adds a dissector written in Lua, without events yet: they
+// come one by one (addEvent).
+func (r *registry) registerLua(name string) (*dissectorEntry, error) {
+	if err := r.register(Dissector{Name: name}); err != nil {
+		return nil, err
+	}
+	d := r.byName[name]
+	d.lua = true
+	return d, nil
+}
+
+// addEvent adds an event to a dissector written in Lua.
+func (r *registry) addEvent(d *dissectorEntry, name string) (Event, error) {
+	if !isIdent(name) {
+		return 0, fmt.Errorf("event name %q is not an identifier", name)
+	}
+	if _, dup := d.events[name]; dup {
+		return 0, fmt.Errorf("event %q is already registered", name)
+	}
+	if len(r.events) >= maxEvents {
+		return 0, fmt.Errorf("too many events (limit %d in all)", maxEvents)
+	}
+	ev := Event(len(r.events))
+	d.events[name] = ev
+	r.events = append(r.events, eventInfo{dissector: d.name, name: name, display: d.name + "." + name})
+	return ev, nil
 }
 
 func (r *registry) lookup(dissector, event string) (Event, bool) {

@@ -271,8 +271,9 @@ func TestNoStatePerEvent(t *testing.T) {
 }
 
 // An evaluation that ran few instructions, because its goroutine was not
-// running (here: blocked in a Go function), is given up to graceFactor ×
-// the deadline; one that runs on is stopped once its grace is over.
+// running (here: blocked in a Go function), is not stopped at its
+// deadline, even long past it; one that runs on after such a stall is
+// stopped a deadline or so later.
 func TestDeadlineGrace(t *testing.T) {
 	const deadline = 100 * time.Millisecond
 	h := newHarness(t, map[string]string{"stall.lua": `
@@ -285,7 +286,7 @@ end }
 		return func(L *lua.LState) lua.LValue {
 			p := L.NewTable()
 			p.RawSetString("stall", L.NewFunction(func(*lua.LState) int {
-				time.Sleep(deadline * 13 / 10) // the goroutine does not run Lua meanwhile
+				time.Sleep(5 * deadline) // the goroutine does not run Lua meanwhile
 				return 0
 			}))
 			p.RawSetString("spin", lua.LBool(spin))
@@ -302,7 +303,22 @@ end }
 	if d.Verdict != inspect.Drop || !strings.Contains(d.Reason, "deadline") {
 		t.Errorf("spinning after a stall: %+v", d)
 	}
-	if elapsed := time.Since(start); elapsed < graceFactor*deadline {
-		t.Errorf("stopped after %v, before the grace of %v", elapsed, graceFactor*deadline)
+	if elapsed := time.Since(start); elapsed < 5*deadline {
+		t.Errorf("stopped after %v, before the end of its stall of %v", elapsed, 5*deadline)
 	}
+}
+
+// Under Options.Steps a runaway rule is stopped by the instruction bound,
+// named in the log, and the policy applies as for the deadline.
+func TestStepsBoundRunawayRule(t *testing.T) {
+	h := newHarness(t, map[string]string{"loop.lua": `
+haka.rule{ on = tls.events.alert, eval = function(flow, p) while true do end end }
+`}, Options{PoolSize: 1, Deadline: time.Hour, Steps: 100_000})
+	f := h.NewFlow(meta(1), nil)
+	defer f.Close()
+	if d := f.Eval(ev(t, "alert"), nil); d.Verdict != inspect.Drop {
+		t.Fatalf("decision %+v, want a drop under the default policy", d)
+	}
+	got := strings.Join(messages(h.logs, zapcore.ErrorLevel), "\n")
+	containsAll(t, "error log", got, "rule failed rule=loop.lua:2 error=exceeded the bound of 100000 instructions")
 }

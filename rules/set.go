@@ -75,6 +75,9 @@ type ruleSet struct {
 	hooks    [][]*rule // by Event, in evaluation order
 	states   []*state
 	created  *atomic.Int64 // the engine's count of states created
+	// closed, when set, is called once the states are closed (the
+	// engine's Stats).
+	closed func()
 
 	// refs counts the flows pinned to the set, plus one while it is the
 	// engine's current set. The states close when it drops to zero.
@@ -115,6 +118,9 @@ func (s *ruleSet) close() {
 		st.mu.Unlock()
 	}
 	s.release()
+	if s.closed != nil {
+		s.closed()
+	}
 }
 
 // loadSet compiles the *.lua files opts names, in name order, and runs
@@ -176,7 +182,7 @@ func loadSet(opts *Options, n int, created *atomic.Int64, checking bool) (_ *rul
 		return nil, errs
 	}
 	s.states = append(s.states, first)
-	s.warnings = tidy(lint(first, protos), s.files)
+	s.warnings = tidy(append(lint(first, protos), first.lsm.warnings...), s.files)
 	s.rules = make([]*rule, len(first.declared))
 	s.hooks = make([][]*rule, len(reg.events))
 	for i, d := range first.declared {
@@ -230,6 +236,7 @@ func (s *ruleSet) runFiles(protos []*lua.FunctionProto, quiet bool) (*state, Loa
 			errs = append(errs, le)
 		}
 	}
+	st.endLoading()
 	st.loading = false
 	errs = append(errs, st.problems...)
 	return st, tidy(errs, s.files)
@@ -277,6 +284,9 @@ func (s *ruleSet) sameRules(st *state, errs LoadErrors) error {
 	}
 	if !same {
 		return LoadErrors{{File: s.name, Msg: "the rule files declared different rules in two interpreter states: declarations must not depend on anything but the files"}}
+	}
+	if !sameDissectors(s.states[0], st) {
+		return LoadErrors{{File: s.name, Msg: "the rule files defined different dissectors or state machines in two interpreter states: definitions must not depend on anything but the files"}}
 	}
 	return nil
 }

@@ -32,6 +32,8 @@ type state struct {
 	evals [][]*lua.LFunction
 
 	flowMeta *lua.LTable
+	// eventMeta is the metatable of DISSECTOR.events.NAME.
+	eventMeta *lua.LTable
 	// the flow methods, returned by the flow's __index
 	fnDrop, fnReset, fnLog, fnBypass *lua.LFunction
 	// format is string.format as the rules see it (capped), for haka.log.
@@ -46,6 +48,9 @@ type state struct {
 	ev     Event
 	rule   *rule
 	alerts []*output.Alert
+	// evName, when set, names the event instead of ev: the event of a
+	// state machine written in Lua whose action is running ("ssl.up").
+	evName string
 
 	// While the set loads: rules declared by haka.rule, in order, and the
 	// mistakes found in declarations (reported all at once, so loading
@@ -54,6 +59,17 @@ type state struct {
 	quiet    bool // not the first state: its log records would be duplicates
 	declared []declared
 	problems []LoadError
+
+	// The dissectors and state machines written in Lua (luasm.go).
+	lsm luaSM
+}
+
+// eventName names the event being evaluated, for alerts and logs.
+func (st *state) eventName() string {
+	if st.evName != "" {
+		return st.evName
+	}
+	return st.set.reg.events[st.ev].display
 }
 
 // declared is a rule as haka.rule saw it in one state.
@@ -78,6 +94,9 @@ func newState(s *ruleSet, quiet bool) (*state, error) {
 		RegistrySize:     registrySize,
 		RegistryMaxSize:  registryMaxSize,
 		RegistryGrowStep: registryGrowStep,
+		// Only read when Go code under a rule panics (PanicError): the
+		// stack of where it panicked, which the recovery unwinds.
+		IncludeGoStackTrace: true,
 	})
 	st := &state{
 		set:     s,
@@ -129,8 +148,14 @@ func (st *state) openAPI() error {
 		return 1
 	}))
 	eventMeta.RawSetString("__metatable", lua.LString("event"))
+	st.eventMeta = eventMeta
 	dissectors := L.NewTable()
 	for _, d := range st.set.reg.dissectors {
+		if d.lua {
+			// Registered by the first state's files, which this state
+			// runs too: they make its table.
+			continue
+		}
 		if g.RawGetString(d.name) != lua.LNil || d.name == "haka" {
 			return fmt.Errorf("dissector %q: the name is taken by a global of the sandbox", d.name)
 		}
@@ -145,12 +170,16 @@ func (st *state) openAPI() error {
 		dt := L.NewTable()
 		dt.RawSetString("name", lua.LString(d.name))
 		dt.RawSetString("events", events)
+		if d.name == "tls" {
+			dt.RawSetString("grammar", st.grammarTable())
+		}
 		st.strict(dt, d.name)
 		dissectors.RawSetString(d.name, dt)
 		g.RawSetString(d.name, dt)
 	}
 	st.strict(dissectors, "haka.dissectors")
 	haka.RawSetString("dissectors", dissectors)
+	st.openMachines(haka, dissectors)
 	st.strict(haka, "haka")
 	g.RawSetString("haka", haka)
 
@@ -345,9 +374,9 @@ func (st *state) luaAlert(L *lua.LState) int {
 	}
 	t := L.CheckTable(1)
 	a := &output.Alert{
-		Time:     time.Now(),
+		Time:     st.cur.alertTime(),
 		Severity: "medium",
-		Event:    st.set.reg.events[st.ev].display,
+		Event:    st.eventName(),
 		Rule:     st.rule.loc,
 		Flow:     st.cur.ref(),
 	}
@@ -456,7 +485,7 @@ func (st *state) logFromLua(L *lua.LState, level zapcore.Level, msg string) {
 	if st.cur != nil {
 		fields = append(fields,
 			zap.String("rule", st.rule.loc),
-			zap.String("event", st.set.reg.events[st.ev].display),
+			zap.String("event", st.eventName()),
 			zap.Uint64("flow", st.cur.id))
 	}
 	st.log.Log(level, msg, fields...)

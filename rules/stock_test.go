@@ -300,6 +300,8 @@ func TestStockHygiene(t *testing.T) {
 	cases := []stockCase{
 		{name: "parse error", event: tlsEvent("parse_error", map[string]any{"message": "record length 70000 too large", "direction": "up"}),
 			verdict: inspect.Drop, rule: "hygiene.lua:", alert: "malformed TLS (up): record length 70000 too large"},
+		{name: "not TLS", event: tlsEvent("parse_error", map[string]any{"message": `not TLS: the client's first bytes "SSH-" are not a TLS or SSLv2 record (content type 83)`, "direction": "up"}),
+			verdict: inspect.Drop, rule: "hygiene.lua:", alert: `not TLS (up): the client's first bytes "SSH-" are not a TLS or SSLv2 record (content type 83)`},
 		{name: "handshake message too large is logged", event: anomaly("handshake_message_too_large"),
 			verdict: inspect.Pass, log: "TLS protocol anomaly: handshake_message_too_large (up): test"},
 		{name: "an unknown anomaly is ignored", event: anomaly("something_new"), verdict: inspect.Pass},

@@ -53,7 +53,15 @@ func (e *Engine) NewTLSHandler(f *inspect.Flow, s *tlssm.Session) tlssm.Handler 
 	if s != nil {
 		info = s
 	}
-	return NewTLSHandler(e.NewFlow(f, info))
+	h := NewTLSHandler(e.NewFlow(f, info))
+	if h.flow.st != nil && len(h.flow.st.lsm.dissectors) > 0 {
+		// The state machines written in Lua that apply to the connection
+		// see its units too.
+		if lh := newLuaHandler(h, f); lh != nil {
+			return lh
+		}
+	}
+	return h
 }
 
 // Flow returns the rules' view of the connection.
@@ -73,6 +81,7 @@ func (h *TLSHandler) Event(ev *tlssm.Event) inspect.Decision {
 		build = h.build
 	}
 	h.ev = ev
+	h.flow.SetTime(ev.Time)
 	d := h.flow.Eval(TLS(ev.ID), build)
 	h.ev = nil
 	return d
@@ -126,8 +135,21 @@ func tlsObject(id tlssm.EventID, fields map[string]tlsField) *Object[TLSHandler]
 // tlsObjects are the parameters of the events, by tlssm.EventID; nil for
 // the events without one (new_connection, established) and for
 // change_cipher_spec, whose parameter is a string.
-var tlsObjects = [tlssm.NumEvents]*Object[TLSHandler]{
-	tlssm.EvClientHello: tlsObject(tlssm.EvClientHello, map[string]tlsField{
+var tlsObjects = func() (objs [tlssm.NumEvents]*Object[TLSHandler]) {
+	for id, fields := range tlsFields {
+		if fields != nil {
+			objs[id] = tlsObject(tlssm.EventID(id), fields)
+		}
+	}
+	return objs
+}()
+
+// tlsFields make the fields of the events' parameters from an event, by
+// tlssm.EventID: the events' parameters (tlsObjects) and the results of
+// the grammar elements of the Lua state machines (unitObjects) are made
+// of them.
+var tlsFields = [tlssm.NumEvents]map[string]tlsField{
+	tlssm.EvClientHello: {
 		"version": func(L *lua.LState, ev *tlssm.Event) lua.LValue {
 			return lua.LString(dissect.VersionName(ev.ClientHello.LegacyVersion))
 		},
@@ -161,8 +183,8 @@ var tlsObjects = [tlssm.NumEvents]*Object[TLSHandler]{
 		"ja3_hash":  func(L *lua.LState, ev *tlssm.Event) lua.LValue { return optString(ev.JA3Hash) },
 		"ja4":       func(L *lua.LState, ev *tlssm.Event) lua.LValue { return optString(ev.JA4) },
 		"length":    func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LNumber(ev.Message.Length) },
-	}),
-	tlssm.EvServerHello: tlsObject(tlssm.EvServerHello, map[string]tlsField{
+	},
+	tlssm.EvServerHello: {
 		"version": func(L *lua.LState, ev *tlssm.Event) lua.LValue {
 			return lua.LString(dissect.VersionName(ev.ServerHello.Version()))
 		},
@@ -171,18 +193,18 @@ var tlsObjects = [tlssm.NumEvents]*Object[TLSHandler]{
 		"retry":      func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LBool(ev.ServerHello.HelloRetryRequest) },
 		"ja3s":       func(L *lua.LState, ev *tlssm.Event) lua.LValue { return optString(ev.JA3S) },
 		"ja3s_hash":  func(L *lua.LState, ev *tlssm.Event) lua.LValue { return optString(ev.JA3SHash) },
-	}),
-	tlssm.EvCertificate: tlsObject(tlssm.EvCertificate, map[string]tlsField{
+	},
+	tlssm.EvCertificate: {
 		// The chain is parsed with crypto/x509 here, when a rule first
 		// reads it, and not at all otherwise.
 		"chain": func(L *lua.LState, ev *tlssm.Event) lua.LValue { return tlsChain(L, ev.Chain()) },
-	}),
-	tlssm.EvHandshake: tlsObject(tlssm.EvHandshake, map[string]tlsField{
+	},
+	tlssm.EvHandshake: {
 		"type":      func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LString(ev.Message.Type.String()) },
 		"length":    func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LNumber(ev.Message.Length) },
 		"direction": tlsEventDirection,
-	}),
-	tlssm.EvAlert: tlsObject(tlssm.EvAlert, map[string]tlsField{
+	},
+	tlssm.EvAlert: {
 		"level": func(L *lua.LState, ev *tlssm.Event) lua.LValue {
 			if ev.Alert.Encrypted {
 				return nil
@@ -197,8 +219,8 @@ var tlsObjects = [tlssm.NumEvents]*Object[TLSHandler]{
 		},
 		"encrypted": func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LBool(ev.Alert.Encrypted) },
 		"direction": tlsEventDirection,
-	}),
-	tlssm.EvHeartbeat: tlsObject(tlssm.EvHeartbeat, map[string]tlsField{
+	},
+	tlssm.EvHeartbeat: {
 		"direction":     tlsEventDirection,
 		"record_length": func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LNumber(ev.Heartbeat.RecordLength) },
 		"encrypted":     func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LBool(ev.Heartbeat.Encrypted) },
@@ -213,8 +235,8 @@ var tlsObjects = [tlssm.NumEvents]*Object[TLSHandler]{
 		},
 		"overflow": func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LBool(ev.Heartbeat.Overflow) },
 		"leak":     func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LBool(ev.Heartbeat.Leak) },
-	}),
-	tlssm.EvRecord: tlsObject(tlssm.EvRecord, map[string]tlsField{
+	},
+	tlssm.EvRecord: {
 		"type": func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LString(ev.Record.TypeName()) },
 		"version": func(L *lua.LState, ev *tlssm.Event) lua.LValue {
 			return lua.LString(dissect.VersionName(ev.Record.Version))
@@ -224,13 +246,13 @@ var tlsObjects = [tlssm.NumEvents]*Object[TLSHandler]{
 		// Beyond the contract: whether the record came after its
 		// direction switched to encryption.
 		"encrypted": func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LBool(ev.Record.Encrypted) },
-	}),
-	tlssm.EvAnomaly: tlsObject(tlssm.EvAnomaly, map[string]tlsField{
+	},
+	tlssm.EvAnomaly: {
 		"name":      func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LString(ev.Anomaly.Name) },
 		"direction": func(L *lua.LState, ev *tlssm.Event) lua.LValue { return tlsDirection(ev.Anomaly.Direction) },
 		"detail":    func(L *lua.LState, ev *tlssm.Event) lua.LValue { return optString(ev.Anomaly.Detail) },
-	}),
-	tlssm.EvParseError: tlsObject(tlssm.EvParseError, map[string]tlsField{
+	},
+	tlssm.EvParseError: {
 		"message": func(L *lua.LState, ev *tlssm.Event) lua.LValue {
 			if ev.Err == nil {
 				return lua.LString("parse error")
@@ -238,8 +260,8 @@ var tlsObjects = [tlssm.NumEvents]*Object[TLSHandler]{
 			return lua.LString(strings.TrimPrefix(ev.Err.Error(), "dissect: "))
 		},
 		"direction": tlsEventDirection,
-	}),
-	tlssm.EvEndConnection: tlsObject(tlssm.EvEndConnection, map[string]tlsField{
+	},
+	tlssm.EvEndConnection: {
 		"bytes_up":   func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LNumber(ev.Summary.BytesUp) },
 		"bytes_down": func(L *lua.LState, ev *tlssm.Event) lua.LValue { return lua.LNumber(ev.Summary.BytesDown) },
 		"duration": func(L *lua.LState, ev *tlssm.Event) lua.LValue {
@@ -252,7 +274,7 @@ var tlsObjects = [tlssm.NumEvents]*Object[TLSHandler]{
 		// connection line; nil for a connection that ended by itself.
 		"reason": func(L *lua.LState, ev *tlssm.Event) lua.LValue { return optString(ev.Summary.Decision.Reason) },
 		"rule":   func(L *lua.LState, ev *tlssm.Event) lua.LValue { return optString(ev.Summary.Decision.Rule) },
-	}),
+	},
 }
 
 // The direction strings, made once: a field read costs no allocation.

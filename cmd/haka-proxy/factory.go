@@ -29,6 +29,11 @@ type inspectionOptions struct {
 	NoTimers bool
 }
 
+// replayRuleSteps bounds the Lua instructions of one event's rules in a
+// replay: about what the live deadline (10 ms) allows an unloaded core,
+// where a runaway loop runs 100,000 instructions a millisecond.
+const replayRuleSteps = 1_000_000
+
 // inspection is the inspector factory of the proxy, the replay and the
 // demo: the TLS state machine (tlssm), each of whose sessions runs the
 // rule engine's rules on its events.
@@ -55,13 +60,19 @@ func buildFactory(o inspectionOptions, m *proxy.Metrics, alerts *output.Writer, 
 	if m != nil {
 		observe = func(_ string, d time.Duration) { m.ObserveRuleEval(d) }
 	}
-	engine, err := rules.New(rules.Options{
+	ro := rules.Options{
 		Dir:         o.Rules,
 		Logger:      log,
 		Alerts:      alerts,
 		ErrorPolicy: o.ErrorPolicy,
 		ObserveEval: observe,
-	})
+	}
+	if o.NoTimers {
+		// A replay's verdicts must not depend on the machine's load: its
+		// rules are bounded by instructions, not by the wall clock.
+		ro.Steps = replayRuleSteps
+	}
+	engine, err := rules.New(ro)
 	if err != nil {
 		return nil, fmt.Errorf("rules: %w", err)
 	}

@@ -39,6 +39,11 @@
 // 1.3 early data — and parses a message with the parser of package
 // dissect for its type. A unit the state does not allow comes out as
 // KindUnexpected, a unit that does not parse as an error (parse_error).
+// Bytes the record layer cannot frame are a record anomaly and then a
+// parse_error, except as the very first bytes of a direction when the
+// other direction has not framed a record either: the connection never
+// spoke TLS (SSH, HTTP, ... on the port), and the parse_error is a
+// *NotTLSError whose message starts with "not TLS", without the anomaly.
 //
 // The choice between composite elements and `any` defaults is both, each
 // for what it does best. Elements are composite: one per state and
@@ -99,6 +104,11 @@
 // record event costs nothing unless a rule hooks it, and a certificate's
 // X.509 is parsed only when a rule reads the chain (Event.Chain).
 //
+// A Handler that also implements UnitHandler runs machines of its own
+// beside this one (the state machines users write in Lua): it is given
+// every unit this machine accepted, and its stream time advances and its
+// timeouts fire with the Session's. Other Handlers pay nothing for it.
+//
 // For a unit, the record event comes first, then the anomalies the record
 // layer found in it, then the unit's events (handshake then the message's
 // own event; alert; heartbeat; change_cipher_spec), then the anomalies the
@@ -120,7 +130,10 @@
 //     (a request the other side has not answered is matched first in,
 //     first out; heartbeat records right after a leaking one are its
 //     rest); in cleartext, the response's payload_length against what the
-//     request could hold;
+//     request could hold. Four unanswered requests per direction are
+//     kept; a request past them is named (too_many_heartbeat_requests),
+//     since a leak in the answer to the oldest, forgotten, could then
+//     pass for the answer to a longer one;
 //  4. an encrypted request shorter than the negotiated record protection
 //     allows (heartbeat_request_too_short: the explicit nonce and tag of
 //     GCM and CCM, the tag of ChaCha20-Poly1305, the MAC, padding and, from

@@ -150,7 +150,7 @@ var FlowFields = []Field{
 // record layer's, the message parsers' (package dissect) and the
 // machine's. Like the events, names are added, never renamed.
 var AnomalyNames = []Field{
-	{"invalid_record_type", "record", "a record header with a content type outside 20-24: not TLS"},
+	{"invalid_record_type", "record", "a record header with a content type outside 20-24 (as a connection's first bytes, before any record either way, it is parse_error \"not TLS\" instead)"},
 	{"invalid_record_version", "record", "a record version outside SSL 3.0 - TLS 1.2"},
 	{"invalid_record_length", "record", "a record longer than 2^14 + 2048 bytes"},
 	{"invalid_sslv2_header", "record", "an SSLv2 record header that cannot be"},
@@ -178,4 +178,5 @@ var AnomalyNames = []Field{
 	{AnomalyHeartbeatBeforeApplicationData, "machine", "Heartbleed layer 4: an encrypted heartbeat request before any application data in its direction"},
 	{AnomalyHeartbeatRequestTooShort, "machine", "Heartbleed layer 4: an encrypted heartbeat request shorter than the negotiated cipher allows"},
 	{AnomalyHeartbeatNotNegotiated, "machine", "a heartbeat the hellos did not negotiate, or a request the receiver does not allow, or any in TLS 1.3"},
+	{AnomalyTooManyHeartbeatRequests, "machine", "Heartbleed layer 3: a heartbeat request while four of its direction are unanswered; past them a leak could hide behind a longer request"},
 }

@@ -11,8 +11,10 @@ import (
 
 // maxOutstandingHeartbeats bounds the requests of one direction waiting
 // for their response. RFC 6520 5 allows one in flight; a few more cover a
-// peer that does not wait, and past them the oldest is forgotten (its
-// response is then taken for a request, never for a leak).
+// peer that does not wait. Past them the oldest is forgotten, and a leak
+// in its response could hide behind a longer request: the request that
+// overflows is named (too_many_heartbeat_requests) before it is
+// forwarded, and the stock rules end the connection there.
 const maxOutstandingHeartbeats = 4
 
 // hbRequest is a heartbeat request waiting for its response.
@@ -21,13 +23,17 @@ type hbRequest struct {
 	encrypted    bool
 }
 
-func (h *half) pushRequest(r hbRequest) {
+// pushRequest queues r and reports whether the oldest request had to be
+// forgotten for it.
+func (h *half) pushRequest(r hbRequest) (forgot bool) {
 	if h.nhb == len(h.hb) {
 		copy(h.hb[:], h.hb[1:])
 		h.nhb--
+		forgot = true
 	}
 	h.hb[h.nhb] = r
 	h.nhb++
+	return forgot
 }
 
 func (h *half) popRequest() (hbRequest, bool) {
@@ -45,14 +51,14 @@ func (s *Session) onHeartbeat(in *instance, e smEvent) {
 	u := e.Unit.Unit
 	h, other := &s.dirs[d], &s.dirs[d^1]
 	hb := Heartbeat{RecordLength: u.Header.Length, Encrypted: u.Encrypted}
-	request := false
+	request, overflow := false, false
 	if !u.Encrypted {
 		// Layer 1: the record layer decoded it and flagged an overflow.
 		hb.Type, hb.PayloadLength, hb.Overflow = u.Heartbeat.Type, u.Heartbeat.PayloadLength, u.Heartbeat.Overflow
 		switch hb.Type {
 		case dissect.HeartbeatRequest:
 			request = true
-			h.pushRequest(hbRequest{recordLength: hb.RecordLength})
+			overflow = h.pushRequest(hbRequest{recordLength: hb.RecordLength})
 		case dissect.HeartbeatResponse:
 			// A response echoes the request's payload: one that declares
 			// more than the request could hold carries memory.
@@ -73,11 +79,14 @@ func (s *Session) onHeartbeat(in *instance, e smEvent) {
 		hb.Leak = true
 	} else {
 		request = true
-		h.pushRequest(hbRequest{recordLength: hb.RecordLength, encrypted: true})
+		overflow = h.pushRequest(hbRequest{recordLength: hb.RecordLength, encrypted: true})
 	}
 	if ev := s.event(EvHeartbeat, d, u.Start); ev != nil {
 		ev.Heartbeat = hb
 		s.raise(ev)
+	}
+	if s.ux != nil {
+		s.ux.hb = hb
 	}
 
 	what := "heartbeat"
@@ -93,6 +102,10 @@ func (s *Session) onHeartbeat(in *instance, e smEvent) {
 	}
 	if detail := s.notNegotiated(d, request); detail != "" {
 		anomaly(AnomalyHeartbeatNotNegotiated, detail)
+	}
+	if overflow {
+		anomaly(AnomalyTooManyHeartbeatRequests, fmt.Sprintf("%s request from the %s with %d before it unanswered: RFC 6520 allows one in flight, and past %d the oldest can no longer be matched with its response",
+			what, peer(d), maxOutstandingHeartbeats, maxOutstandingHeartbeats))
 	}
 	if !request || !hb.Encrypted {
 		return

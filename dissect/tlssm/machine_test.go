@@ -266,10 +266,20 @@ func TestViolations(t *testing.T) {
 		}, "parse error: handshake record of 0 bytes"},
 		{"HTTP", func(c *conv) (dissect.Direction, int64) {
 			return dissect.Up, c.up([]byte("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"))
-		}, "parse error: up: invalid_record_type: content type 71"},
+		}, `parse error: not TLS: the client's first bytes "GET " are not a TLS or SSLv2 record (content type 71)`},
 		{"SSH", func(c *conv) (dissect.Direction, int64) {
 			return dissect.Up, c.up([]byte("SSH-2.0-OpenSSH_9.2p1\r\n"))
-		}, "parse error: up: invalid_record_type: content type 83"},
+		}, `parse error: not TLS: the client's first bytes "SSH-" are not a TLS or SSLv2 record (content type 83)`},
+		{"an SSH server speaking first", func(c *conv) (dissect.Direction, int64) {
+			return dissect.Down, c.down([]byte("SSH-2.0-OpenSSH_9.2p1\r\n"))
+		}, `parse error: not TLS: the server's first bytes "SSH-" are not a TLS or SSLv2 record (content type 83)`},
+		{"a handshake record of a version no TLS has", func(c *conv) (dissect.Direction, int64) {
+			return dissect.Up, c.up([]byte{22, 0, 0, 0, 1, 1})
+		}, `parse error: not TLS: the client's first bytes "\x16\x00\x00" are not a TLS or SSLv2 record (version 0x0000 in a handshake record)`},
+		{"a server's bad first record after the client's hello", func(c *conv) (dissect.Direction, int64) {
+			c.up(hs(clientHello(helloOpts{})))
+			return dissect.Down, c.down([]byte{0, 0, 0, 0, 2, 0, 40})
+		}, "parse error: down: invalid_record_type: content type 0"},
 		{"garbage after a valid handshake", func(c *conv) (dissect.Direction, int64) {
 			established12(c)
 			return dissect.Down, c.down([]byte("HTTP/1.1 200 OK\r\n"))

@@ -42,7 +42,43 @@ const (
 	// both offer the extension, or a request from a peer the other side
 	// does not allow to send them (RFC 6520 2), or a heartbeat in TLS 1.3.
 	AnomalyHeartbeatNotNegotiated = "heartbeat_not_negotiated"
+	// AnomalyTooManyHeartbeatRequests: a heartbeat request while more
+	// requests of its direction are unanswered than the machine can match
+	// with their responses (layer 3 would lose track of the oldest).
+	AnomalyTooManyHeartbeatRequests = "too_many_heartbeat_requests"
 )
+
+// notTLSHead is how many of a stream's first bytes a *NotTLSError quotes,
+// by the record layer's error: the bytes the record layer must hold before
+// it rejects them that way, so that the message does not depend on how
+// the bytes were split into reads. A text protocol (SSH, HTTP, SMTP, ...)
+// always fails on its content type, once 4 bytes are there to rule out
+// an SSLv2 header: "SSH-", "GET ", "220 " name it.
+var notTLSHead = map[string]int{
+	dissect.AnomalyInvalidRecordType:    4,
+	dissect.AnomalyInvalidRecordVersion: 3,
+	dissect.AnomalyInvalidRecordLength:  dissect.HeaderLen,
+	dissect.AnomalyInvalidSSLv2Header:   2,
+}
+
+// NotTLSError is the parse error of a connection that does not speak TLS
+// at all: the first bytes of a direction are not a TLS or SSLv2 record,
+// and the other direction framed no record before them. Its message starts
+// with "not TLS", which rules may match in parse_error's err.message.
+type NotTLSError struct {
+	Direction dissect.Direction
+	// Head is the start of the bytes (notTLSHead).
+	Head []byte
+	// Err is the record layer's error on them.
+	Err *dissect.RecordError
+}
+
+func (e *NotTLSError) Error() string {
+	return fmt.Sprintf("not TLS: the %s's first bytes %q are not a TLS or SSLv2 record (%s)",
+		peer(e.Direction), e.Head, e.Err.Anomaly.Detail)
+}
+
+func (e *NotTLSError) Unwrap() error { return e.Err }
 
 // maxAnomaliesListed bounds the anomalies a Session keeps for
 // Anomalies (the connection line): each distinct name and direction is
@@ -78,6 +114,10 @@ type Session struct {
 	// by the transition that jumps to fail.
 	failReason string
 	closed     bool
+	// broken: a call panicked (a bug in the machine, the grammar or a
+	// handler's Go code) with the machine or the handler half-way through
+	// an event; Close then only releases what the Session holds.
+	broken bool
 
 	// What the handshake established so far. Values only: the messages
 	// themselves reference the pump's buffer, valid during one Feed.
@@ -119,6 +159,9 @@ type Session struct {
 	// noTimers: timeouts fire only when a call passes them.
 	noTimers bool
 	trace    func(s *Session, from, to string)
+
+	// ux is set when h is a UnitHandler.
+	ux *unitScratch
 }
 
 // half is what a Session keeps of one direction.
@@ -174,25 +217,52 @@ func (f *Factory) New(flow *inspect.Flow, kill func(inspect.Decision)) (inspect.
 			s.hooks |= 1 << id
 		}
 	}
+	if uh, ok := s.h.(UnitHandler); ok {
+		s.ux = &unitScratch{h: uh}
+	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	returned := false
+	defer func() {
+		if !returned {
+			// The caller gets no Session to Close: release the
+			// handler (its hold on the rule set) on the way out.
+			s.broken, s.closed = true, true
+			s.h.Close()
+		}
+		s.mu.Unlock()
+	}()
 	s.in = f.def.m.New(s, flow.Start)
 	if ev := s.event(EvNewConnection, dissect.Up, 0); ev != nil {
 		s.raise(ev)
 	}
+	s.unitsAdvance()
+	s.armTimer()
+	returned = true
 	if s.decided {
 		return s, s.decision
 	}
 	return s, inspect.Decision{}
 }
 
+// leave ends a call that holds the lock, deferred: a call that did not
+// return (a panic, on its way to the pump that recovers it) leaves the
+// Session broken, and never locked.
+func (s *Session) leave(returned *bool) {
+	if !*returned {
+		s.broken = true
+	}
+	s.mu.Unlock()
+}
+
 // Feed implements inspect.Inspector.
 func (s *Session) Feed(d dissect.Direction, pending []byte, now time.Time) inspect.Result {
 	s.mu.Lock()
+	returned := false
+	defer s.leave(&returned)
 	res := s.feed(d&1, pending, now)
 	s.release(d & 1)
 	s.armTimer()
-	s.mu.Unlock()
+	returned = true
 	return res
 }
 
@@ -232,7 +302,7 @@ func (s *Session) feed(d dissect.Direction, pending []byte, now time.Time) inspe
 		*u, n, err = s.conn.Next(d, pending[h.consumed:])
 		if err != nil {
 			clear = s.cleared(d, base)
-			s.framingError(d, err)
+			s.framingError(d, err, pending[h.consumed:])
 			break
 		}
 		if u.Kind != dissect.UnitMessage {
@@ -336,18 +406,32 @@ func (s *Session) unit(d dissect.Direction, u *dissect.Unit) {
 		h.in.Err = errZeroLengthHandshake
 	}
 	s.in.Feed(sm.Direction(d), &h.in, s.now)
+	if s.ux != nil && !s.decided {
+		s.unitDone(d, u)
+	}
 }
 
 // framingError feeds the machine the error that stopped d's record layer:
-// the element of any state turns it into parse_error.
-func (s *Session) framingError(d dissect.Direction, err error) {
+// the element of any state turns it into parse_error. buf starts at the
+// bytes that could not be framed.
+//
+// When they are the first bytes of d and the other direction has not
+// framed a record either, the connection never spoke TLS: it is another
+// protocol on the port (SSH, HTTP, ...), reported as the parse error
+// *NotTLSError rather than as an anomaly of a TLS record.
+func (s *Session) framingError(d dissect.Direction, err error, buf []byte) {
 	var off int64
 	var re *dissect.RecordError
 	if errors.As(err, &re) {
 		off = re.Offset
-		s.anomaly(re.Anomaly, off)
-		if s.decided {
-			return
+		if off == 0 && s.conn.Offset(d.Opposite()) == 0 {
+			n := min(len(buf), notTLSHead[re.Anomaly.Name])
+			err = &NotTLSError{Direction: d, Head: bytes.Clone(buf[:n]), Err: re}
+		} else {
+			s.anomaly(re.Anomaly, off)
+			if s.decided {
+				return
+			}
 		}
 	}
 	h := &s.dirs[d]
@@ -361,9 +445,15 @@ func (s *Session) framingError(d dissect.Direction, err error) {
 // complete are not forwarded.
 func (s *Session) EOF(d dissect.Direction, pending []byte, now time.Time) inspect.Result {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	defer s.armTimer()
-	d &= 1
+	returned := false
+	defer s.leave(&returned)
+	res := s.eof(d&1, pending, now)
+	s.armTimer()
+	returned = true
+	return res
+}
+
+func (s *Session) eof(d dissect.Direction, pending []byte, now time.Time) inspect.Result {
 	h := &s.dirs[d]
 	s.advance(now)
 	h.eof = true
@@ -395,9 +485,15 @@ func (s *Session) EOF(d dissect.Direction, pending []byte, now time.Time) inspec
 // uninspected from then on.
 func (s *Session) Gap(d dissect.Direction, n int, now time.Time) inspect.Result {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	defer s.armTimer()
-	d &= 1
+	returned := false
+	defer s.leave(&returned)
+	res := s.gap(d&1, n, now)
+	s.armTimer()
+	returned = true
+	return res
+}
+
+func (s *Session) gap(d dissect.Direction, n int, now time.Time) inspect.Result {
 	h := &s.dirs[d]
 	s.advance(now)
 	if s.decided {
@@ -418,7 +514,9 @@ func (s *Session) Gap(d dissect.Direction, n int, now time.Time) inspect.Result 
 }
 
 // Close implements inspect.Inspector: end_connection, then the machine
-// finishes and the handler is released.
+// finishes and the handler is released. After a call that panicked, only
+// the handler is released: the machine and the handler may have been
+// half-way through an event.
 func (s *Session) Close(sum inspect.Summary) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -428,6 +526,10 @@ func (s *Session) Close(sum inspect.Summary) {
 	s.closed = true
 	if s.timer != nil {
 		s.timer.Stop()
+	}
+	if s.broken {
+		s.h.Close()
+		return
 	}
 	if s.hooks&(1<<EvEndConnection) != 0 {
 		ev := &s.ev
@@ -501,6 +603,7 @@ func (s *Session) advance(now time.Time) {
 	if !s.decided && !s.in.Finished() {
 		s.in.Advance(s.now)
 	}
+	s.unitsAdvance()
 }
 
 // armTimer keeps one wall-clock timer on the machine's next deadline, and
@@ -510,6 +613,11 @@ func (s *Session) armTimer() {
 		return
 	}
 	at, ok := s.in.NextDeadline()
+	if s.ux != nil {
+		if uat, uok := s.ux.h.NextDeadline(); uok && (!ok || uat.Before(at)) {
+			at, ok = uat, true
+		}
+	}
 	if !ok || s.decided {
 		if s.timer != nil && !s.timerAt.IsZero() {
 			s.timer.Stop()
@@ -530,10 +638,27 @@ func (s *Session) armTimer() {
 }
 
 // onTimer fires the machine's due timeouts from the timer's goroutine and
-// kills the connection when one failed the machine.
+// kills the connection when one failed the machine. A panic there would
+// take the process down, as no pump is on this goroutine to recover it:
+// it is recovered and handed to kill as a Reset with inspect.RulePanic,
+// from the deferred function that recovered it, so that the proxy logs
+// the stack of where it panicked.
 func (s *Session) onTimer() {
 	s.mu.Lock()
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		r := recover()
+		s.broken = true
+		s.mu.Unlock()
+		if s.kill != nil {
+			s.kill(inspect.Decision{Verdict: inspect.Reset, Reason: fmt.Sprintf("panic: %v", r), Rule: inspect.RulePanic})
+		}
+	}()
 	if s.closed || s.decided || s.in.Finished() {
+		returned = true
 		s.mu.Unlock()
 		return
 	}
@@ -545,6 +670,7 @@ func (s *Session) onTimer() {
 	s.advance(now)
 	d, kill := s.decision, s.decided && s.decision.Verdict.Kills()
 	s.armTimer()
+	returned = true
 	s.mu.Unlock()
 	if kill && s.kill != nil {
 		s.kill(d)

@@ -58,6 +58,14 @@ type Decision struct {
 	Rule string
 }
 
+// RulePanic is the Rule of the Decision an inspector gives kill when it
+// recovered a panic on a goroutine of its own (a timer's), where no pump
+// can recover it: Reason is "panic: " and the panic's value. The proxy
+// counts it as a panic, logs it with the stack and resets the connection,
+// as it does for a panic in Feed; so that the stack shows where it
+// panicked, kill is called from the deferred function that recovered it.
+const RulePanic = "proxy:panic"
+
 // Flow is what is known of a connection when it is accepted.
 type Flow struct {
 	ID uint64

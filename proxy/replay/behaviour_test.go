@@ -96,14 +96,7 @@ func checkInvariants(t *testing.T, streams []*StreamStats, lines []output.Connec
 
 func sharedCapture(t *testing.T, name string) string {
 	t.Helper()
-	p, err := pcaptest.Path(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("shared capture missing: %v", err)
-	}
-	return p
+	return capturePath(t, name)
 }
 
 func payloadOf(n int, seed byte) []byte {
@@ -697,7 +690,7 @@ func TestMidstreamClient(t *testing.T) {
 				s.emit(1-c.firstFrom, flagACK, nil)
 			}
 			rec := &recorder{keep: -1}
-			streams, lines, _, err := replayBytes(t, sessionCapture(t, layers.LinkTypeEthernet, s), Options{Factory: rec})
+			streams, lines, _, err := replayBytes(t, sessionCapture(t, layers.LinkTypeEthernet, s), Options{Factory: rec, Midstream: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -707,6 +700,68 @@ func TestMidstreamClient(t *testing.T) {
 			}
 			if c.firstPayload && (len(rec.conns[0].seen[dissect.Up]) != 500 || len(rec.conns[0].seen[dissect.Down]) != 700) {
 				t.Errorf("seen %d/%d bytes", len(rec.conns[0].seen[0]), len(rec.conns[0].seen[1]))
+			}
+		})
+	}
+}
+
+// TestMidstream: a stream whose start was not captured is not inspected
+// unless Options.Midstream says so; a SYN of either side before its first
+// bytes is a captured start.
+func TestMidstream(t *testing.T) {
+	c, sv := ap("10.0.0.1:51000"), ap("10.0.0.2:443")
+	up, down := payloadOf(700, 1), payloadOf(900, 2)
+	cases := []struct {
+		name      string
+		build     func(*session)
+		midstream bool
+		inspected bool
+	}{
+		{"no SYN", func(s *session) {}, false, false},
+		{"no SYN, Midstream", func(s *session) {}, true, true},
+		{"SYN", func(s *session) { s.handshake() }, false, true},
+		{"the SYN-ACK alone", func(s *session) {
+			s.next[0]++ // the client's SYN, not captured
+			s.emit(1, flagSYN|flagACK, nil)
+			s.emit(0, flagACK, nil)
+		}, false, true},
+		{"an ACK before the SYN", func(s *session) {
+			s.emit(0, flagACK, nil)
+			s.handshake()
+		}, false, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSession(encEthernet, c, sv, t0)
+			tc.build(s)
+			s.send(0, up).send(1, down).close()
+			rec := &recorder{keep: -1}
+			streams, lines, _, err := replayBytes(t, sessionCapture(t, layers.LinkTypeEthernet, s), Options{Factory: rec, Midstream: tc.midstream})
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkInvariants(t, streams, lines)
+			if len(streams) != 1 || len(lines) != 1 || len(rec.conns) != 1 {
+				t.Fatalf("%d streams, %d lines, %d inspectors", len(streams), len(lines), len(rec.conns))
+			}
+			st, l, r := streams[0], lines[0], rec.conns[0]
+			if st.Forwarded != [2]int64{700, 900} || l.Verdict != "pass" || r.closes != 1 {
+				t.Fatalf("forwarded %v, verdict %s, closed %d times", st.Forwarded, l.Verdict, r.closes)
+			}
+			seen := [2]int{len(r.seen[dissect.Up]), len(r.seen[dissect.Down])}
+			if tc.inspected {
+				if seen != [2]int{700, 900} || slices.Contains(l.Anomalies, "midstream") {
+					t.Errorf("seen %v, anomalies %v; want every byte inspected", seen, l.Anomalies)
+				}
+				return
+			}
+			if seen != [2]int{} || !slices.Equal(l.Anomalies, []string{"midstream"}) {
+				t.Errorf("seen %v, anomalies %v; want nothing inspected and the anomaly midstream", seen, l.Anomalies)
+			}
+			for _, call := range r.calls {
+				if call.kind != "close" {
+					t.Errorf("the inspector was called: %+v", call)
+				}
 			}
 		})
 	}

@@ -14,10 +14,12 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 )
 
-// readBufferSize is the read-ahead on a capture file. One megabyte holds
-// hundreds of full-size frames, so the reader makes few system calls, and
-// it is small enough to be irrelevant next to the reassembly's pages.
-const readBufferSize = 1 << 20
+// readBufferSize is the read-ahead on a capture file, for its magic
+// number and pcapng's small reads. A classic pcap file's records are read
+// a batch at a time (batchBytes), which bufio does straight into the
+// batch, without a copy, once its own buffer is empty and the read is at
+// least as large as it.
+const readBufferSize = 64 << 10
 
 // gzipChunk is how much decompressed data the decompressing goroutine hands
 // over at a time: large enough that the hand-over costs nothing next to
@@ -82,13 +84,15 @@ func (e *DamagedError) Unwrap() error { return e.Err }
 
 // source yields the frames of one capture file.
 type source struct {
-	// next returns a frame and its link type; data is valid until the
-	// following call.
+	// pcap reads a classic pcap file in place; nil for a pcapng.
+	pcap *pcapReader
+	// next returns a pcapng's next frame and its link type; data is valid
+	// until the following call.
 	next func() (data []byte, ci gopacket.CaptureInfo, link layers.LinkType, err error)
-	// offset returns where the next record starts in the (decompressed)
-	// file, or -1 where the format does not let it be known cheaply.
-	offset func() int64
-	close  func()
+	// buffered says how many bytes a pcapng's next frames can be read
+	// from without reading the file (or pipe) again.
+	buffered func() int
+	close    func()
 	// fixed: every frame has link type link (pcap); a pcapng gives one
 	// per interface.
 	fixed bool
@@ -102,25 +106,10 @@ const (
 	pcapRecordHeader = 16
 )
 
-// countingReader counts the bytes read through it.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
 // openCapture recognises a capture by its magic number (not its name):
 // gzip-compressed or not, pcap or pcapng.
 func openCapture(r io.Reader) (*source, error) {
-	// total counts what the buffer has taken from the file, which is all
-	// of it once the reader has met the end.
-	total := &countingReader{r: r}
-	br := bufio.NewReaderSize(total, readBufferSize)
+	br := bufio.NewReaderSize(r, readBufferSize)
 	stop := func() {}
 	head, err := br.Peek(4)
 	if len(head) >= 2 && bytes.Equal(head[:2], magicGzip) {
@@ -130,8 +119,7 @@ func openCapture(r io.Reader) (*source, error) {
 		}
 		var pr io.Reader
 		pr, stop = inflate(zr)
-		total = &countingReader{r: pr}
-		br = bufio.NewReaderSize(total, readBufferSize)
+		br = bufio.NewReaderSize(pr, readBufferSize)
 		head, err = br.Peek(4)
 		if len(head) < 4 {
 			stop()
@@ -141,8 +129,9 @@ func openCapture(r io.Reader) (*source, error) {
 		return nil, notACapture(head, err)
 	}
 
-	// pcapgo uses a *bufio.Reader as it is when it is at least its
-	// default size, so there is one buffer and no second copy.
+	// pcapgo's pcapng reader uses a *bufio.Reader as it is when it is
+	// at least its default size, so there is one buffer and no second
+	// copy.
 	switch {
 	case bytes.Equal(head, magicPcapng):
 		ng, err := pcapgo.NewNgReader(br, pcapgo.NgReaderOptions{WantMixedLinkType: true})
@@ -159,37 +148,16 @@ func openCapture(r io.Reader) (*source, error) {
 				}
 				return data, ci, link, err
 			},
-			offset: func() int64 { return -1 },
-			close:  stop,
+			buffered: br.Buffered,
+			close:    stop,
 		}, nil
 	case isPcapMagic(head):
-		pr, err := pcapgo.NewReader(br)
+		p, err := newPcapReader(br)
 		if err != nil {
 			stop()
 			return nil, fmt.Errorf("pcap: %w", err)
 		}
-		link := pr.LinkType()
-		// Records follow each other without padding, so the position
-		// of the next one is a sum.
-		off := int64(pcapFileHeader)
-		return &source{
-			next: func() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
-				data, ci, err := pr.ZeroCopyReadPacketData()
-				switch {
-				case err == nil:
-					off += pcapRecordHeader + int64(ci.CaptureLength)
-				case err == io.EOF && off != total.n:
-					// pcapgo reports a record cut right after
-					// its header as a clean end.
-					err = io.ErrUnexpectedEOF
-				}
-				return data, ci, link, err
-			},
-			offset: func() int64 { return off },
-			close:  stop,
-			fixed:  true,
-			link:   link,
-		}, nil
+		return &source{pcap: p, close: stop, fixed: true, link: p.link}, nil
 	}
 	stop()
 	return nil, notACapture(head, nil)

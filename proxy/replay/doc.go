@@ -17,8 +17,16 @@
 // LINKTYPE_IPV4/IPV6) and BSD loopback (DLT_NULL, DLT_LOOP). A pcapng may
 // mix interfaces of different link types. Frames of another link type are
 // skipped and reported as a *LinkTypeError. IPv4 and IPv6 fragments are
-// reassembled (gopacket's ip4defrag and ip6defrag). A file that cannot be read to its end gives a
-// *DamagedError after everything before the damage has been replayed.
+// reassembled (gopacket's ip4defrag and ip6defrag). A file that cannot be
+// read to its end gives a *DamagedError after everything before the damage
+// has been replayed.
+//
+// Frames are read and decoded on a goroutine of their own, ahead of the
+// reassembly, and handed over in order: a second core takes that third
+// of the work, and the output is the same. A classic pcap file is read in
+// place, its bytes going from the file straight into the buffers the
+// frames are sliced from. From a pipe (a live tcpdump), frames are handed
+// over as soon as they are read.
 //
 // # Streams
 //
@@ -28,7 +36,15 @@
 // for Options.ReorderWindow of packet time (or until a per-stream or total
 // memory bound is reached, or the capture ends); the hole is then a gap of
 // that direction (see GapHandler). A half whose first bytes were not
-// captured (no SYN) starts at its first segment.
+// captured (no SYN) starts at its first segment with data, FIN or RST (a
+// bare ACK captured ahead of the SYN does not anchor it).
+//
+// A stream whose start was not captured (no SYN of either side before its
+// first bytes) is not inspected, as Suricata's default stream.midstream
+// false: its first bytes may be the middle of a TLS session or of a
+// record, which no inspector can judge. Its bytes are forwarded unseen
+// and its connection line names the anomaly "midstream".
+// Options.Midstream inspects such streams all the same.
 //
 // The client is the sender of the SYN (or the receiver of the SYN-ACK);
 // without a captured handshake, the side of a well-known port (below 1024,

@@ -8,7 +8,6 @@ import (
 
 	"github.com/gopacket/gopacket/layers"
 
-	"github.com/hakaproxy/haka-proxy/internal/pcaptest"
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
 	"github.com/hakaproxy/haka-proxy/rules/output"
 )
@@ -52,11 +51,11 @@ func FuzzCapture(f *testing.F) {
 	f.Add(gzipped(f, pcapBytes(f, layers.LinkTypeEthernet, s.pkts[:4])))
 	f.Add(ngCapture(f))
 	for _, name := range []string{"zeek/tls-1.2-handshake-failure.pcap", "suricata-verify/firewall/app-layer-protocol-unknown-tls-boundary/input.pcap"} {
-		if p, err := pcaptest.Path(name); err == nil {
-			if b, err := os.ReadFile(p); err == nil {
-				f.Add(b)
-			}
+		b, err := os.ReadFile(capturePath(f, name))
+		if err != nil {
+			f.Fatal(err)
 		}
+		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, capture []byte) {
 		fuzzInvariants(t, capture, &dropper{pattern: []byte{0x16, 3}, verdict: inspect.Drop})

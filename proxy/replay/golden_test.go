@@ -16,8 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/hakaproxy/haka-proxy/internal/pcaptest"
 )
 
 var update = flag.Bool("update", false, "regenerate testdata/tshark.json from tshark")
@@ -47,15 +45,44 @@ type goldenCapture struct {
 	Streams     []goldenStream
 }
 
-// captures lists the shared captures, relative to the root.
+// captureRoot returns the directory of the repository's copies of the
+// shared captures, testdata/pcaps at the root (found by walking up to
+// go.mod), so that the tests need nothing outside the repository.
+func captureRoot(tb testing.TB) string {
+	tb.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return filepath.Join(dir, "testdata", "pcaps")
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			tb.Fatal("go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// capturePath returns the path of a capture named relative to
+// captureRoot; it must exist.
+func capturePath(tb testing.TB, name string) string {
+	tb.Helper()
+	p := filepath.Join(captureRoot(tb), filepath.FromSlash(name))
+	if _, err := os.Stat(p); err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// captures lists the captures under captureRoot, relative to it.
 func captures(t testing.TB) (string, []string) {
 	t.Helper()
-	root, err := pcaptest.Root()
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := captureRoot(t)
 	var names []string
-	err = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -63,14 +90,14 @@ func captures(t testing.TB) (string, []string) {
 			return nil
 		}
 		rel, _ := filepath.Rel(root, p)
-		names = append(names, rel)
+		names = append(names, filepath.ToSlash(rel))
 		return nil
 	})
 	if err != nil {
-		t.Skipf("shared captures not found at %s: %v", root, err)
+		t.Fatalf("captures: %v", err)
 	}
 	if len(names) == 0 {
-		t.Skipf("no captures under %s", root)
+		t.Fatalf("no captures under %s", root)
 	}
 	sort.Strings(names)
 	return root, names

@@ -45,6 +45,15 @@ type Options struct {
 	// idle stream before the end of its capture. It is at least the
 	// reorder window.
 	IdleTimeout time.Duration
+	// Midstream inspects the streams whose start was not captured (no
+	// SYN either way before their first bytes), as Suricata's
+	// stream.midstream does. Their first bytes are then shown to the
+	// inspector as if the connection began there, although they may be
+	// the middle of a TLS session or of a record, which the TLS machine
+	// takes for malformed or unexpected input. By default such a stream
+	// is not inspected: its bytes are forwarded unseen and its
+	// connection line names the anomaly "midstream".
+	Midstream bool
 	// OnStream, if set, is given the final figures of each stream once no
 	// later packet can belong to it: its 4-tuple was reused, it idled
 	// out, or its capture ended. It is called on the replaying goroutine.
@@ -183,26 +192,30 @@ func (r *Replayer) Replay(rd io.Reader) (Stats, error) {
 		}
 	}
 	ru := newRun(r)
+	frames := startReader(src)
 	var readErr error
-	for {
-		off := src.offset()
-		data, ci, link, err := src.next()
-		if err == io.EOF {
-			break
+batches:
+	for b := range frames.out {
+		for i := range b.frames {
+			ru.packet(&b.frames[i])
+			if ru.werr != nil {
+				break batches
+			}
 		}
-		if err != nil {
-			readErr = &DamagedError{Packets: ru.stats.Packets, Offset: off, Err: err}
-			break
+		if b.err != nil && b.err != io.EOF {
+			readErr = &DamagedError{Packets: ru.stats.Packets, Offset: b.errOff, Err: b.err}
 		}
-		ru.packet(data, ci, link)
-		if ru.werr != nil {
-			break
-		}
+		frames.recycle(b)
 	}
-	if ru.werr == nil {
-		ru.end()
+	if ru.werr != nil {
+		// Nothing more can be shown: the reader is told to stop, but
+		// not waited for, as it may be blocked reading a pipe.
+		frames.abandon()
+		return ru.stats, fmt.Errorf("%w: %w", ErrOutput, ru.werr)
 	}
-	ru.stats.Fragments, ru.stats.Defragmented = ru.dec.fragments, ru.dec.defragmented
+	frames.wait()
+	ru.end()
+	ru.stats.Fragments, ru.stats.Defragmented = frames.dec.fragments, frames.dec.defragmented
 	if ru.werr != nil {
 		return ru.stats, fmt.Errorf("%w: %w", ErrOutput, ru.werr)
 	}

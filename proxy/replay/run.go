@@ -66,7 +66,6 @@ type event struct {
 // run is the replay of one capture.
 type run struct {
 	r       *Replayer
-	dec     *decoder
 	asm     *reassembly.Assembler
 	streams map[tupleKey]*stream
 
@@ -75,6 +74,9 @@ type run struct {
 	clock     time.Time
 	nextSweep time.Time
 
+	// tcp is the segment being assembled, decoded again from the
+	// reader's bytes.
+	tcp layers.TCP
 	// The packet being assembled, for the reassembly's callbacks.
 	ctx     packetContext
 	cur     *stream
@@ -92,7 +94,6 @@ type run struct {
 func newRun(r *Replayer) *run {
 	ru := &run{
 		r:       r,
-		dec:     newDecoder(),
 		streams: make(map[tupleKey]*stream),
 	}
 	ru.asm = reassembly.NewAssembler(reassembly.NewStreamPool(ru))
@@ -119,15 +120,13 @@ func (ru *run) unsupported(link layers.LinkType) {
 }
 
 // packet replays one frame.
-func (ru *run) packet(data []byte, ci gopacket.CaptureInfo, link layers.LinkType) {
+func (ru *run) packet(f *frame) {
 	ru.stats.Packets++
-	ru.stats.Bytes += int64(len(data))
-	first, ok := firstLayer(link)
-	if !ok {
-		ru.unsupported(link)
+	ru.stats.Bytes += int64(f.size)
+	switch f.res {
+	case unsupportedLink:
+		ru.unsupported(f.link)
 		return
-	}
-	switch ru.dec.decode(data, first, ci.Timestamp) {
 	case notTCP:
 		ru.stats.NotTCP++
 		return
@@ -137,9 +136,15 @@ func (ru *run) packet(data []byte, ci gopacket.CaptureInfo, link layers.LinkType
 		ru.stats.Malformed++
 		return
 	}
+	// The reader decoded the segment already: this cannot fail.
+	tcp := &ru.tcp
+	if err := tcp.DecodeFromBytes(f.seg, gopacket.NilDecodeFeedback); err != nil {
+		ru.stats.Malformed++
+		return
+	}
 	ru.stats.TCP++
 
-	now := ci.Timestamp
+	now := f.ts
 	if now.Before(ru.clock) {
 		now = ru.clock
 	}
@@ -153,9 +158,8 @@ func (ru *run) packet(data []byte, ci gopacket.CaptureInfo, link layers.LinkType
 		}
 	}
 
-	tcp := &ru.dec.tcp
-	src := endpoint{ru.dec.src, uint16(tcp.SrcPort)}
-	dst := endpoint{ru.dec.dst, uint16(tcp.DstPort)}
+	src := endpoint{f.src, uint16(tcp.SrcPort)}
+	dst := endpoint{f.dst, uint16(tcp.DstPort)}
 	k := tupleKey{a: src.ip, pa: src.port, b: dst.ip, pb: dst.port}
 	if c := bytes.Compare(src.ip[:], dst.ip[:]); c > 0 || c == 0 && src.port > dst.port {
 		k = tupleKey{a: dst.ip, pa: dst.port, b: src.ip, pb: src.port}
@@ -177,14 +181,13 @@ func (ru *run) packet(data []byte, ci gopacket.CaptureInfo, link layers.LinkType
 		ru.stats.Streams++
 		side = 0
 	}
-	s.count(side, ci.Length, len(tcp.Payload), now)
+	s.count(side, f.wire, len(tcp.Payload), now)
 	if !s.clientKnown {
 		s.decideClient(side, tcp, now)
 	}
 
 	ru.cur, ru.curSide, ru.curTCP = s, side, tcp
-	ru.ctx.ci = ci
-	ru.ctx.ci.Timestamp = now
+	ru.ctx.ci = gopacket.CaptureInfo{Timestamp: now, CaptureLength: f.size, Length: f.wire}
 	flow := gopacket.NewFlow(gopacket.EndpointType(s.id), sideBytes[side][:], sideBytes[1-side][:])
 	ru.asm.AssembleWithContext(flow, tcp, &ru.ctx)
 	ru.cur, ru.curTCP = nil, nil
@@ -195,7 +198,6 @@ func (ru *run) packet(data []byte, ci gopacket.CaptureInfo, link layers.LinkType
 // streams.
 func (ru *run) sweep(now time.Time) {
 	ru.nextSweep = now.Add(sweepInterval)
-	ru.dec.expireFragments(now)
 	ru.flush(reassembly.FlushOptions{T: now.Add(-ru.r.opts.ReorderWindow)}, func(*stream) time.Time { return now })
 	if ru.werr != nil || ru.r.opts.IdleTimeout < 0 {
 		return

@@ -20,9 +20,15 @@ import (
 // is dropped rather than the replay's memory.
 const maxPending = 1<<24 + 1<<16
 
-// anomalyGap is the anomaly named in the connection line when a hole in
-// the capture ended the inspection of a direction.
-const anomalyGap = "gap"
+// Anomalies the replay names in the connection line.
+const (
+	// anomalyGap: a hole in the capture ended the inspection of a
+	// direction.
+	anomalyGap = "gap"
+	// anomalyMidstream: the stream's start was not captured, and it was
+	// not inspected (Options.Midstream).
+	anomalyMidstream = "midstream"
+)
 
 // wellKnownPorts: below this, a port is a service's (IANA's system
 // ports), which tells the server of a stream whose handshake was not
@@ -62,6 +68,9 @@ type stream struct {
 	synSeen    [2]bool
 	synSeq     [2]uint32
 	hadPayload bool
+	// started: bytes were delivered, and whether the stream is
+	// inspected has been decided (Options.Midstream).
+	started bool
 
 	start, last time.Time
 	flow        inspect.Flow
@@ -209,7 +218,10 @@ func (s *stream) Accept(tcp *layers.TCP, _ gopacket.CaptureInfo, dir reassembly.
 	if len(tcp.Payload) > 0 {
 		s.hadPayload = true
 	}
-	if nextSeq == -1 && !tcp.SYN {
+	// A bare ACK does not start a half: one captured ahead of the SYN
+	// (a capture out of order) would anchor the half one byte before
+	// the data, which would then follow a hole.
+	if nextSeq == -1 && !tcp.SYN && (len(tcp.Payload) > 0 || tcp.FIN || tcp.RST) {
 		*start = true
 	}
 	return true
@@ -264,6 +276,9 @@ func (s *stream) deliver(side int, data []byte, skip int, end, rst bool, now tim
 		s.decideByPorts(now)
 	}
 	d := s.dirOf(side)
+	if !s.started && (skip > 0 || len(data) > 0) {
+		s.firstBytes()
+	}
 	if skip > 0 {
 		s.gap(d, skip, now)
 	}
@@ -279,6 +294,18 @@ func (s *stream) deliver(side int, data []byte, skip int, end, rst bool, now tim
 			s.finish(now)
 		}
 	}
+}
+
+// firstBytes is the arrival of the stream's first bytes. Unless a SYN of
+// either side came before them, they need not be the first the client
+// sent: without Options.Midstream the stream is not inspected.
+func (s *stream) firstBytes() {
+	s.started = true
+	if s.synSeen[0] || s.synSeen[1] || s.ru.r.opts.Midstream || s.done {
+		return
+	}
+	s.note(anomalyMidstream)
+	s.bypassed = true
 }
 
 // data is the pump's read: b are the next bytes of d.

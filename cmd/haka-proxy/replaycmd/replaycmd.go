@@ -37,6 +37,9 @@ type Options struct {
 	// ReorderWindow and IdleTimeout are replay.Options' (packet time).
 	ReorderWindow time.Duration
 	IdleTimeout   time.Duration
+	// Midstream inspects streams whose start was not captured
+	// (replay.Options.Midstream).
+	Midstream bool
 	// Stats prints what each capture held to stderr.
 	Stats bool
 }
@@ -109,6 +112,8 @@ read of it is replayed all the same).`,
 		fmt.Sprintf("how long (packet time) bytes after a hole wait for the missing segment (0: %v)", replay.DefaultReorderWindow))
 	f.DurationVar(&opts.IdleTimeout, "idle-timeout", opts.IdleTimeout,
 		fmt.Sprintf("end a stream idle for this long in packet time (0: %v, negative: never)", replay.DefaultIdleTimeout))
+	f.BoolVar(&opts.Midstream, "midstream", opts.Midstream,
+		"inspect streams whose start was not captured (no SYN), whose first bytes may be the middle of a record (default: forwarded uninspected, anomaly \"midstream\")")
 	f.BoolVar(&opts.Stats, "stats", opts.Stats, "print what each capture held to stderr")
 	return cmd
 }
@@ -131,6 +136,7 @@ func run(opts *Options, files []string, stdout, stderr io.Writer, build BuildFac
 		Output:        w,
 		ReorderWindow: opts.ReorderWindow,
 		IdleTimeout:   opts.IdleTimeout,
+		Midstream:     opts.Midstream,
 	})
 	if err != nil {
 		return err

@@ -15,7 +15,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hakaproxy/haka-proxy/dissect"
-	"github.com/hakaproxy/haka-proxy/internal/pcaptest"
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
 	"github.com/hakaproxy/haka-proxy/rules/output"
 )
@@ -28,7 +27,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(mainEnv) == "1" {
 		os.Exit(fakeMain(os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	removeBinary()
+	os.Exit(code)
 }
 
 // fakeMain is what cmd/haka-proxy's main does with the command.
@@ -79,18 +80,6 @@ func (i *alertInsp) EOF(_ dissect.Direction, p []byte, _ time.Time) inspect.Resu
 }
 func (i *alertInsp) Info() inspect.Info    { return inspect.Info{} }
 func (i *alertInsp) Close(inspect.Summary) {}
-
-func capture(t *testing.T, name string) string {
-	t.Helper()
-	p, err := pcaptest.Path(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("shared capture missing: %v", err)
-	}
-	return p
-}
 
 // haka runs the test binary as haka-proxy.
 func haka(t *testing.T, stdin []byte, args ...string) (stdout, stderr string, status int) {
@@ -143,8 +132,9 @@ func TestReplayGoodCaptures(t *testing.T) {
 		}
 	}
 	// 3 + 7 streams; every one with bytes raised its alert before its
-	// line (ssl_version_negated's first stream is a lone SYN).
-	if conns != 10 || alerts != 9 {
+	// line, but for ssl_version_negated's first stream, a lone SYN, and
+	// tls13-ech's first, caught after its start and so not inspected.
+	if conns != 10 || alerts != 8 {
 		t.Fatalf("%d connections, %d alerts:\n%s", conns, alerts, stdout)
 	}
 	seen := map[float64]bool{}

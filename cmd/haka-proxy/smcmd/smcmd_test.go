@@ -65,10 +65,31 @@ func TestGraphRenders(t *testing.T) {
 }
 
 func TestGraphUnknown(t *testing.T) {
-	if _, err := run(t, "graph", "ssh"); err == nil || !strings.Contains(err.Error(), `unknown state machine "ssh" (known: tls)`) {
+	if _, err := run(t, "graph", "ssh"); err == nil || !strings.Contains(err.Error(), `unknown state machine "ssh" (built in: tls;`) {
 		t.Errorf("error %v", err)
 	}
 	if _, err := run(t, "graph"); err == nil {
 		t.Error("no error without a machine")
+	}
+}
+
+// A machine written in Lua is drawn from the rules that define it: the
+// shipped example's states and the grammar elements they bind.
+func TestGraphLuaMachine(t *testing.T) {
+	dir := filepath.Join("..", "..", "..", "rules", "examples")
+	got, err := run(t, "graph", "--rules", dir, "ssl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`digraph "ssl"`, `"hello_request" [label="hello_request\nup: tls.grammar.client_hello"]`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("graph lacks %q:\n%s", want, got)
+		}
+	}
+	if _, err := run(t, "graph", "--rules", dir, "nope"); err == nil || !strings.Contains(err.Error(), "machines in") || !strings.Contains(err.Error(), "ssl") {
+		t.Errorf("an unknown machine: %v, want an error listing the machines there", err)
+	}
+	if _, err := run(t, "graph", "ssl"); err == nil || !strings.Contains(err.Error(), "--rules") {
+		t.Errorf("a Lua machine without --rules: %v, want an error pointing to --rules", err)
 	}
 }
