@@ -62,7 +62,9 @@ func replayVerdicts(t *testing.T, path string) map[[2]netip.AddrPort][]inspect.D
 		t.Fatal(err)
 	}
 	out := map[[2]netip.AddrPort][]inspect.Decision{}
-	r, err := replay.New(replay.Options{Factory: f, OnStream: func(s *replay.StreamStats) {
+	// Midstream: a stream whose start was not captured is inspected, as
+	// the live proxy inspects its first bytes when they are played to it.
+	r, err := replay.New(replay.Options{Factory: f, Midstream: true, OnStream: func(s *replay.StreamStats) {
 		k := [2]netip.AddrPort{s.Client, s.Server}
 		out[k] = append(out[k], s.Decision)
 	}})
