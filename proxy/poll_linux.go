@@ -24,9 +24,12 @@ const (
 	// across parks: parking costs no system call, and a socket that
 	// still has bytes (or its end) after a short read is reported again
 	// at the next wait, so a pump may park after a short read without
-	// reading on to EAGAIN. The poller runs the pumps it wakes itself,
+	// reading on to EAGAIN. The poller runs most pumps it wakes itself,
 	// so a socket is not reported again while its pump is being run;
-	// pumps that run elsewhere for long (hot ones) leave the set.
+	// a report that finds the pump running elsewhere (a slow
+	// connection's) makes it read on to EAGAIN before it parks (see
+	// dir.park); pumps that run elsewhere for long (hot ones) leave the
+	// set.
 	pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP
 )
 
@@ -137,7 +140,8 @@ func (pl *poller) poll(fd uintptr) bool {
 // wait is the exception: an end that arrived before it is reported
 // now, but the socket stays readable without a new wake-up of the
 // poller. So a pump woken with its socket's end (or an error) reported
-// reads on to EAGAIN or the end.
+// reads on to EAGAIN or the end, and so does a pump that was running
+// when its socket was reported (see dir.park).
 func (pl *poller) fire(key uint64, events uint32) {
 	if key&listenerKey != 0 {
 		pl.mu.Lock()
@@ -158,7 +162,7 @@ func (pl *poller) fire(key uint64, events uint32) {
 		d.c.connected(events)
 		return
 	}
-	d.evEnd = events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	d.readOn = events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
 	if d.c.slow.Load() {
 		go d.resume(false)
 		return

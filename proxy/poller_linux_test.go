@@ -926,3 +926,112 @@ func TestSlowInspectionDoesNotHoldUpThePoller(t *testing.T) {
 		t.Fatalf("slow connection: %q, %v", got, err)
 	}
 }
+
+// gated is an inspector whose first Feed up is slow (the connection's
+// pumps leave the poller) and whose second blocks until released,
+// telling when it started.
+type gated struct {
+	passAll
+	mu      sync.Mutex
+	n       int
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (g *gated) Feed(d dissect.Direction, p []byte, _ time.Time) inspect.Result {
+	g.mu.Lock()
+	if d == dissect.Up {
+		g.n++
+	}
+	n := g.n
+	g.mu.Unlock()
+	switch {
+	case d != dissect.Up:
+	case n == 1:
+		time.Sleep(2 * slowFeed)
+	case n == 2:
+		close(g.entered)
+		<-g.release
+	}
+	return inspect.Result{Forward: len(p), HelloDone: true}
+}
+
+// The end of a stream that the poller reports while the pump runs on a
+// goroutine of its own (a slow connection) is not lost: the pump, told
+// to look again, must read on to the end, not park after a short read.
+// The level-triggered registration reports a socket still readable
+// again only at the poller's next wake-up, and the end of the stream
+// brings none.
+//
+// The pump reads "two" (a short read) and blocks in its Feed; "three"
+// and the client's FIN arrive in one segment meanwhile and the poller,
+// finding the pump running, only marks it woken. Released, the pump
+// looks again, reads "three" (short: the FIN is left queued) and must
+// not park before it has read the end. Nothing else happens on the
+// poller afterwards: the upstream only reads, so no later event of
+// another socket hides a lost wake-up.
+func TestEndReportedWhileRunningElsewhere(t *testing.T) {
+	if !pollerSupported {
+		t.Skip("no poller on this system")
+	}
+	g := &gated{entered: make(chan struct{}), release: make(chan struct{})}
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(g.release) }) }
+	t.Cleanup(unblock) // before the proxy's Shutdown, which waits for the pump
+	got := make(chan []byte, 1)
+	upstream := serveTCP(t, func(c *net.TCPConn) {
+		defer c.Close()
+		b, _ := io.ReadAll(c) // until the proxy passes the client's half-close on
+		got <- b
+	})
+	p, addr := startIn(t, upstream, Config{Factory: factoryOf(func(func(inspect.Decision)) inspect.Inspector { return g })})
+	c, err := net.DialTCP("tcp", nil, mustResolve(t, addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(pollWait))
+	c.Write([]byte("one"))
+	eventually(t, "slow and parked", func() bool {
+		cs := p.openConns()
+		return len(cs) == 1 && cs[0].slow.Load() && p.allParked()
+	})
+	up := &p.openConns()[0].up
+	c.Write([]byte("two"))
+	select {
+	case <-g.entered:
+	case <-time.After(pollWait):
+		t.Fatal("the second Feed never came")
+	}
+	// Corked, the bytes and the FIN leave in one segment: the poller
+	// reports both at once, while the pump is blocked in its Feed.
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_CORK, 1) })
+	c.Write([]byte("three"))
+	c.CloseWrite()
+	eventually(t, "the pump marked woken", func() bool { return up.state.Load() == stWoken })
+	unblock()
+	select {
+	case b := <-got:
+		if string(b) != "onetwothree" {
+			t.Fatalf("upstream got %q", b)
+		}
+	case <-time.After(pollWait):
+		t.Fatal("the client's end never reached the upstream")
+	}
+	if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+		t.Fatalf("client after the upstream closed: %q, %v; want EOF", b, err)
+	}
+}
+
+func mustResolve(t testing.TB, addr string) *net.TCPAddr {
+	t.Helper()
+	a, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}

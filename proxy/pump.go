@@ -145,9 +145,11 @@ type dir struct {
 	// skipRead: the next step parks without reading (the source was
 	// drained by a short read, or has nothing to say yet).
 	skipRead bool
-	// evEnd: the poller woke the pump with the socket's end reported
-	// (see poller.fire): a short read is no proof of a drained socket.
-	evEnd bool
+	// readOn: a short read is no proof of a drained socket, so the pump
+	// reads on to EAGAIN (or the end) before it parks: the poller woke it
+	// with the socket's end reported (see poller.fire), or reported the
+	// socket while the pump was running (see park).
+	readOn bool
 
 	// pending is buf[r:w]: read, not yet written. Its head buf[r:r+owe]
 	// is cleared (owed to dst); the inspector sees buf[r+owe:w]. arr is
@@ -419,7 +421,7 @@ func (d *dir) resumeHot() {
 // read. It reports false when the pump must go on instead: it was woken
 // meanwhile, or the poller refused it (the connection is then aborted).
 func (d *dir) park() bool {
-	d.evEnd = false
+	d.readOn = false
 	if err := d.c.pl.arm(d); err != nil {
 		d.c.abort(fmt.Sprintf("%s: %v", d.srcName(), err), true)
 		d.halt = true
@@ -430,7 +432,15 @@ func (d *dir) park() bool {
 	if d.state.CompareAndSwap(stRunning, stParked) {
 		return true
 	}
-	d.state.Store(stRunning) // stWoken: look again
+	// stWoken: look again, down to EAGAIN. The poller reported the
+	// socket while the pump ran elsewhere (a slow connection's
+	// goroutine, a wake-up's): what it reported is not known here, and
+	// it may be the end behind bytes that arrived with it. A short read
+	// would take the bytes and leave the end queued; the registration,
+	// level-triggered, reports it again only at the poller's next
+	// wake-up, which an end that has already arrived never brings.
+	d.state.Store(stRunning)
+	d.readOn = true
 	return false
 }
 
@@ -525,7 +535,7 @@ func (d *dir) read(fd int, max int) (fillResult, int) {
 	d.w += n
 	// A short read drained the socket: a cold pump parks at once (its
 	// poller's level-triggered registration fires again if more came).
-	d.skipRead = n < len(space) && !d.hot.Load() && !d.evEnd
+	d.skipRead = n < len(space) && !d.hot.Load() && !d.readOn
 	now := time.Now()
 	d.c.touch()
 	if !d.consume(now) {
