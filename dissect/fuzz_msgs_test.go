@@ -178,7 +178,7 @@ func FuzzServerFlight(f *testing.F) {
 // TestFuzzCorpusCommitted makes sure the committed corpus exists, so that
 // plain go test runs the interesting inputs fuzzing found.
 func TestFuzzCorpusCommitted(t *testing.T) {
-	for _, target := range []string{"FuzzClientHello", "FuzzServerFlight"} {
+	for _, target := range []string{"FuzzClientHello", "FuzzServerFlight", "FuzzFramer"} {
 		ents, err := os.ReadDir(filepath.Join("testdata", "fuzz", target))
 		if err != nil || len(ents) == 0 {
 			t.Errorf("no committed corpus for %s: %v", target, err)

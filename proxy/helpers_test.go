@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -31,6 +30,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/hakaproxy/haka-proxy/dissect"
+	"github.com/hakaproxy/haka-proxy/internal/proxytest"
 	"github.com/hakaproxy/haka-proxy/proxy"
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
 	"github.com/hakaproxy/haka-proxy/rules/output"
@@ -81,27 +81,7 @@ func startProxy(t *testing.T, upstream string, cfg proxy.Config) *harness {
 		cfg.Metrics = proxy.NewMetrics()
 	}
 	h.metrics = cfg.Metrics
-	p, err := proxy.New(cfg)
-	if err != nil {
-		t.Fatalf("proxy.New: %v", err)
-	}
-	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.p, h.addr = p, ln.Addr().String()
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		defer cancel()
-		if err := p.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	h.p, h.addr = proxytest.Start(t, cfg)
 	return h
 }
 

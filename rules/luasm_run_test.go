@@ -28,6 +28,13 @@ import (
 // the handshake and one message each way.
 func tlsTranscript(tb testing.TB, v uint16) []chunk {
 	tb.Helper()
+	return tlsTranscriptWith(tb, v, nil)
+}
+
+// tlsTranscriptWith is tlsTranscript with the server's and the client's
+// configurations changed by adjust first (client certificates, ...).
+func tlsTranscriptWith(tb testing.TB, v uint16, adjust func(server, client *tls.Config)) []chunk {
+	tb.Helper()
 	cert, pool, err := tlspeer.NewCert("bench.test")
 	if err != nil {
 		tb.Fatal(err)
@@ -37,9 +44,13 @@ func tlsTranscript(tb testing.TB, v uint16) []chunk {
 	cc, sc := net.Pipe()
 	defer cc.Close()
 	defer sc.Close()
-	server := tls.Server(&recordingConn{sc, dissect.Down, &mu, &chunks}, &tls.Config{Certificates: []tls.Certificate{cert}})
-	client := tls.Client(&recordingConn{cc, dissect.Up, &mu, &chunks}, &tls.Config{RootCAs: pool, ServerName: "bench.test",
-		MinVersion: v, MaxVersion: v})
+	serverCfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	clientCfg := &tls.Config{RootCAs: pool, ServerName: "bench.test", MinVersion: v, MaxVersion: v}
+	if adjust != nil {
+		adjust(serverCfg, clientCfg)
+	}
+	server := tls.Server(&recordingConn{sc, dissect.Down, &mu, &chunks}, serverCfg)
+	client := tls.Client(&recordingConn{cc, dissect.Up, &mu, &chunks}, clientCfg)
 	served := make(chan error, 1)
 	go func() {
 		buf := make([]byte, 5)

@@ -2,7 +2,6 @@ package rules
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"io"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hakaproxy/haka-proxy/dissect/tlssm"
+	"github.com/hakaproxy/haka-proxy/internal/proxytest"
 	"github.com/hakaproxy/haka-proxy/internal/tlspeer"
 	"github.com/hakaproxy/haka-proxy/proxy"
 	"github.com/hakaproxy/haka-proxy/rules/output"
@@ -55,23 +55,7 @@ func startLive(t *testing.T, files map[string]string, opts Options, upstream str
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := proxy.New(proxy.Config{Upstream: upstream, Factory: f, Records: output.NewWriter(connSink(r.conns), output.JSON)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.addr = ln.Addr().String()
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), liveWait)
-		defer cancel()
-		p.Shutdown(ctx)
-		<-done
-	})
+	_, r.addr = proxytest.Start(t, proxy.Config{Upstream: upstream, Factory: f, Records: output.NewWriter(connSink(r.conns), output.JSON)})
 	return r
 }
 

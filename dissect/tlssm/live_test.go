@@ -3,7 +3,6 @@ package tlssm
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -22,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hakaproxy/haka-proxy/internal/proxytest"
 	"github.com/hakaproxy/haka-proxy/internal/tlspeer"
 	"github.com/hakaproxy/haka-proxy/proxy"
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
@@ -69,23 +69,7 @@ func startLiveProxy(t *testing.T, upstream string, verdict func(*Event) inspect.
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := proxy.New(proxy.Config{Upstream: upstream, Factory: f, Records: output.NewWriter(recordSink(lp.records), output.JSON)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lp.addr = ln.Addr().String()
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), liveWait)
-		defer cancel()
-		p.Shutdown(ctx)
-		<-done
-	})
+	_, lp.addr = proxytest.Start(t, proxy.Config{Upstream: upstream, Factory: f, Records: output.NewWriter(recordSink(lp.records), output.JSON)})
 	return lp
 }
 

@@ -268,7 +268,7 @@ func addrPort(a net.Addr) netip.AddrPort {
 // end (own, peer), or the socket is gone (the proxy closed it).
 func drained(t *testing.T, diag *sockDiag, end [2]netip.AddrPort) {
 	deadline := time.Now().Add(waitFor)
-	for {
+	for spins := 0; ; spins++ {
 		n, err := diag.rqueue(end[0], end[1])
 		if err != nil || n == 0 {
 			return
@@ -276,8 +276,15 @@ func drained(t *testing.T, diag *sockDiag, end [2]netip.AddrPort) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the proxy left %d bytes unread on %v for %v", n, end, waitFor)
 		}
-		// The proxy's goroutines run in this process: let them.
-		runtime.Gosched()
+		// The proxy's goroutines run in this process: let them. Only
+		// yielding would keep a single processor busy, and the runtime
+		// then looks for network readiness only every 10 ms (sysmon):
+		// after a few yields, park a little, which lets it poll.
+		if spins < 8 {
+			runtime.Gosched()
+		} else {
+			time.Sleep(min(time.Duration(spins)*5*time.Microsecond, time.Millisecond))
+		}
 	}
 }
 

@@ -30,6 +30,7 @@ import (
 	"github.com/hakaproxy/haka-proxy/cmd/haka-bench/loadgen"
 	"github.com/hakaproxy/haka-proxy/dissect"
 	"github.com/hakaproxy/haka-proxy/dissect/tlssm"
+	"github.com/hakaproxy/haka-proxy/internal/proxytest"
 	"github.com/hakaproxy/haka-proxy/internal/tlspeer"
 	"github.com/hakaproxy/haka-proxy/proxy"
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
@@ -341,34 +342,14 @@ func newRig(t testing.TB, upstream string, cfg rigConfig) *rig {
 	if cfg.WrapFactory != nil {
 		pf = cfg.WrapFactory(factory)
 	}
-	p, err := proxy.New(proxy.Config{
+	t.Cleanup(engine.Close) // after the proxy's shutdown, registered below
+	r.p, r.addr = proxytest.Start(t, proxy.Config{
 		Dial:    r.dial,
 		Factory: pf,
 		Logger:  log,
 		Records: records,
 		Metrics: r.metrics,
 		Limits:  cfg.Limits,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.p, r.addr = p, ln.Addr().String()
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		defer cancel()
-		if err := p.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-		engine.Close()
 	})
 	return r
 }

@@ -26,7 +26,7 @@ import (
 // upstream never sees a byte of it.
 func TestSlowlorisClientHello(t *testing.T) {
 	f := flight(t)
-	const timeout = time.Second
+	const timeout = 2500 * time.Millisecond
 	upstreamGot := make(chan int, 1)
 	fault := startBackend(t, func(c *net.TCPConn) {
 		b, _ := io.ReadAll(c)
@@ -43,9 +43,10 @@ func TestSlowlorisClientHello(t *testing.T) {
 		stop := make(chan struct{})
 		defer close(stop)
 		go func() {
-			// The attack's own pace: ten bytes a second, a ClientHello
-			// of 200 bytes in 20 s.
-			tick := time.NewTicker(100 * time.Millisecond)
+			// The attack's own pace: a byte a second, a ClientHello of
+			// 200 bytes in over three minutes; the timeout comes
+			// between the second and the third byte.
+			tick := time.NewTicker(time.Second)
 			defer tick.Stop()
 			for _, b := range f.Turns[0] {
 				select {
