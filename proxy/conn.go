@@ -17,6 +17,7 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/hakaproxy/haka-proxy/dissect"
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
@@ -56,7 +57,7 @@ var past = time.Unix(1, 0)
 type conn struct {
 	p      *Proxy
 	flow   inspect.Flow
-	client *net.TCPConn
+	client sock
 	insp   inspect.Inspector
 
 	// stopped is set once the connection must end (a killing verdict, an
@@ -68,12 +69,26 @@ type conn struct {
 	bypassed atomic.Bool
 	// helloDone lifts the handshake timeout.
 	helloDone atomic.Bool
-	// lastActive is the time of the last read either way, as an offset
-	// from flow.Start (monotonic).
+	// active is set by every read either way; the sweeper turns it into
+	// lastActive, the time of the last sweep that found it set, as an
+	// offset from flow.Start (monotonic): idle time is known to a sweep
+	// period, and a read costs no clock reading.
+	active     atomic.Bool
 	lastActive atomic.Int64
+	// pumping is set once the pumps are set up: from then on the
+	// sweeper watches the connection's timeouts.
+	pumping atomic.Bool
+	// connecting: the proxy's own non-blocking connect to the upstream
+	// is in progress (see connect); the pumps wait for it.
+	connecting atomic.Bool
+	// slow: an inspection took long; the poller runs the pumps on
+	// goroutines of their own (see dir.feed).
+	slow atomic.Bool
+	// pl is the poller the pumps park in (nil without one).
+	pl *poller
 
 	mu         sync.Mutex
-	server     *net.TCPConn
+	server     *sock // set once, under mu: stop may look at it meanwhile
 	upstream   string
 	cancelDial context.CancelFunc
 	decision   inspect.Decision // killing or bypass verdict
@@ -83,20 +98,22 @@ type conn struct {
 	refused    string           // metrics reason when refused before dialling
 
 	up, down dir
-	pumps    atomic.Int32 // pumps still running; the last one finishes
+	pumps    atomic.Int32 // pumps not ended; the last one finishes
+	duration time.Duration
 }
 
-func (p *Proxy) newConn(tc *net.TCPConn) *conn {
+// newConn makes a connection; the caller sets its client socket.
+func (p *Proxy) newConn(src, dst netip.AddrPort) *conn {
 	c := &conn{
-		p:      p,
-		client: tc,
+		p: p,
 		flow: inspect.Flow{
 			ID:    p.nextID.Add(1),
-			Src:   addrPort(tc.RemoteAddr()),
-			Dst:   addrPort(tc.LocalAddr()),
+			Src:   src,
+			Dst:   dst,
 			Start: time.Now(),
 		},
 	}
+	c.client.fd = -1
 	return c
 }
 
@@ -108,98 +125,117 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// handle sets a connection up, starts the down pump on a goroutine of its
-// own and runs the up pump itself (one goroutine fewer to start and wake
-// per connection). Whichever pump ends last finishes the connection, so
-// that no goroutine waits just to clean up.
+// handle sets a connection up, dialling the upstream with the Go dialer
+// or the DialFunc, and runs its pumps' first steps on the accepting
+// goroutine, which then ends (see run).
 func (p *Proxy) handle(c *conn) {
-	if p.metrics != nil {
-		p.metrics.ConnectionsActive.Inc()
-	}
 	if !c.serve() {
-		c.finish()
+		c.finish(false)
 		return
 	}
-	c.pump(&c.up, "up")
+	c.run()
 }
 
-// serve sets the connection up and starts the down pump; it reports
-// false when the connection ended before the pumps could start.
+// run runs the pumps' first steps once the upstream is connected: the
+// down pump parks in the poller at once (the upstream has nothing to say
+// yet), the up pump forwards what the client sent first and parks when
+// the client has nothing more. From then on a pump runs only when its
+// source has bytes; whichever ends last finishes the connection.
+func (c *conn) run() {
+	if c.pl == nil {
+		// No poller: each pump keeps a goroutine.
+		go c.down.resume(false)
+	} else {
+		c.down.skipRead = true
+		c.down.resume(false)
+	}
+	c.up.resume(false)
+}
+
+// serve sets the connection up; it reports false when the connection
+// ended before the pumps could start.
 func (c *conn) serve() (started bool) {
-	defer c.recoverPanic("setup")
+	defer c.recoverSetup()
 	p := c.p
 	if p.cfg.ProxyProtocol.In && !c.readProxyHeader() {
 		return
 	}
+	if !c.inspect() {
+		return
+	}
+	tc := c.dial()
+	if tc == nil {
+		return
+	}
+	server := &sock{fd: -1}
+	if err := server.setTCP(tc); err != nil {
+		tc.Close()
+		c.abort(fmt.Sprintf("upstream: %v", err), true)
+		return
+	}
+	c.setServer(server)
+	if v := p.cfg.ProxyProtocol.Out; v != 0 {
+		if err := c.writeProxyHeader(v); err != nil {
+			c.abort(fmt.Sprintf("upstream: writing PROXY header: %v", err), true)
+			return
+		}
+	}
+	c.startPumps()
+	return true
+}
 
+// inspect gets the connection's inspector from the factory; it reports
+// false when the factory refused the connection.
+func (c *conn) inspect() bool {
+	p := c.p
 	insp, d := p.factory.Load().f.New(&c.flow, c.inspectorKill)
 	c.insp = insp
 	switch {
 	case d.Verdict.Kills():
 		c.refused = RefusedInspector
 		c.kill(d)
-		return
+		return false
 	case insp == nil:
 		p.metrics.InspectionError()
 		c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: "inspector factory returned no inspector", Rule: RuleInspector})
-		return
+		return false
 	case d.Verdict == inspect.Bypass:
 		c.bypass(d)
 	}
+	return !c.stopped.Load()
+}
+
+// setServer records the upstream socket; a stop that ran before saw
+// none, so it is woken here.
+func (c *conn) setServer(s *sock) {
+	c.mu.Lock()
+	c.server = s
+	c.mu.Unlock()
 	if c.stopped.Load() {
-		return
+		s.setDeadline(past)
 	}
+}
 
-	server := c.dial()
-	if server == nil {
-		return
+// startPumps sets the pumps up, before they first run.
+func (c *conn) startPumps() {
+	p := c.p
+	server := c.server
+	c.pl = p.pollerFor(c.flow.ID)
+	c.up.init(c, dissect.Up, &c.client, server)
+	c.down.init(c, dissect.Down, server, &c.client)
+	if c.pl != nil {
+		c.pl.register(c)
 	}
-	if v := p.cfg.ProxyProtocol.Out; v != 0 {
-		if err := c.writeProxyHeader(server, v); err != nil {
-			c.abort(fmt.Sprintf("upstream: writing PROXY header: %v", err), true)
-			return
-		}
-	}
-	clientRaw, err := c.client.SyscallConn()
-	if err != nil {
-		c.abort(fmt.Sprintf("client: %v", err), true)
-		return
-	}
-	serverRaw, err := server.SyscallConn()
-	if err != nil {
-		c.abort(fmt.Sprintf("upstream: %v", err), true)
-		return
-	}
-	c.up.init(c, dissect.Up, c.client, server, clientRaw, serverRaw)
-	c.down.init(c, dissect.Down, server, c.client, serverRaw, clientRaw)
-
-	// The client has HandshakeTimeout from accept to send its opening
-	// message; then both sides have IdleTimeout between reads.
-	lim := &p.lim
-	first := lim.HandshakeTimeout
-	if c.helloDone.Load() {
-		first = lim.IdleTimeout
-	}
-	c.arm(c.client, c.flow.Start.Add(first))
-	c.arm(server, c.flow.Start.Add(lim.IdleTimeout))
-
 	c.pumps.Store(2)
-	go c.pump(&c.down, "down")
-	return true
+	// The sweeper enforces the handshake timeout (from accept) and the
+	// idle timeout from here on. A stop before this point found no pump
+	// to wake: the pumps see it when they start.
+	c.pumping.Store(true)
 }
 
-func (c *conn) pump(d *dir, where string) {
-	defer func() {
-		if c.pumps.Add(-1) == 0 {
-			c.finish()
-		}
-	}()
-	defer c.recoverPanic(where)
-	d.run()
-}
-
-// dial connects to the upstream; on failure it ends the connection with
-// a reason naming the cause and returns nil.
+// dial connects to the upstream with the Go dialer or the DialFunc; on
+// failure it ends the connection with a reason naming the cause and
+// returns nil.
 func (c *conn) dial() *net.TCPConn {
 	p := c.p
 	ctx, cancel := context.WithTimeout(context.Background(), p.lim.DialTimeout)
@@ -222,25 +258,29 @@ func (c *conn) dial() *net.TCPConn {
 	c.mu.Lock()
 	c.cancelDial = nil
 	if err == nil {
-		c.server = server
 		c.upstream = server.RemoteAddr().String()
 	}
 	c.mu.Unlock()
 	if err != nil {
-		if c.stopped.Load() {
-			return nil // killed while dialling: the kill gave the reason
-		}
-		cause, text := dialCause(err)
-		p.metrics.dialError(cause)
-		c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: "upstream " + text + ": " + err.Error(), Rule: RuleUpstream})
+		c.dialFailed(err)
 		return nil
 	}
 	if c.stopped.Load() {
-		// A kill raced with the dial: it may not have seen the server.
-		server.SetDeadline(past)
+		server.Close() // killed while dialling
 		return nil
 	}
 	return server
+}
+
+// dialFailed ends the connection after a failed dial, with a reason
+// naming the cause.
+func (c *conn) dialFailed(err error) {
+	if c.stopped.Load() {
+		return // killed while dialling: the kill gave the reason
+	}
+	cause, text := dialCause(err)
+	c.p.metrics.dialError(cause)
+	c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: "upstream " + text + ": " + err.Error(), Rule: RuleUpstream})
 }
 
 // dialCause classifies a dial error: the metric label and the words for
@@ -272,8 +312,8 @@ func dialCause(err error) (label, text string) {
 func (c *conn) readProxyHeader() bool {
 	pp := &c.p.cfg.ProxyProtocol
 	trusted := pp.trusts(c.flow.Src.Addr())
-	br := bufio.NewReaderSize(c.client, ppReadBufSize)
-	hdr, err := proxyproto.ReadHeaderTimeout(c.client, br, pp.Timeout)
+	br := bufio.NewReaderSize(c.client.tc, ppReadBufSize)
+	hdr, err := proxyproto.ReadHeaderTimeout(c.client.tc, br, pp.Timeout)
 	if c.stopped.Load() {
 		return false
 	}
@@ -336,15 +376,28 @@ func (c *conn) refuseProxyProtocol(reason string) {
 	c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: "PROXY protocol: " + reason, Rule: RuleProxyProtocol})
 }
 
-func (c *conn) writeProxyHeader(server *net.TCPConn, version int) error {
+// writeProxyHeader sends the PROXY header to the freshly connected
+// upstream: a few dozen bytes into an empty send buffer, so a write that
+// would block or comes up short is an error, not something to wait for.
+func (c *conn) writeProxyHeader(version int) error {
 	h := proxyproto.HeaderProxyFromAddrs(byte(version),
 		net.TCPAddrFromAddrPort(c.flow.Src), net.TCPAddrFromAddrPort(c.flow.Dst))
 	b, err := h.Format()
 	if err != nil {
 		return err
 	}
-	_, err = server.Write(b)
-	return err
+	for {
+		n, err := unix.Write(c.server.fd, b)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return err
+		case n < len(b):
+			return fmt.Errorf("wrote %d of %d bytes", n, len(b))
+		}
+		return nil
+	}
 }
 
 // kill ends the connection with a verdict; it is the kill function given
@@ -395,20 +448,26 @@ func (c *conn) abort(reason string, rst bool) {
 }
 
 // stop marks the connection stopped and wakes whatever waits on it. It
-// never closes a socket: a pump may be inside a read callback holding
-// the descriptor, and net.Conn.Close would wait for it. The sockets are
-// closed by finish, once both pumps are out.
+// never closes a socket: a pump may be using its descriptor. The sockets
+// are closed by finish, once both pumps have ended.
 func (c *conn) stop() {
 	c.stopped.Store(true)
 	c.mu.Lock()
 	server, cancel := c.server, c.cancelDial
 	c.mu.Unlock()
-	c.client.SetDeadline(past)
+	// Wake what waits in the runtime's poller: a dial, a PROXY header
+	// read, a hot pump, a write to a full socket.
+	c.client.setDeadline(past)
 	if server != nil {
-		server.SetDeadline(past)
+		server.setDeadline(past)
 	}
 	if cancel != nil {
 		cancel()
+	}
+	// And the pumps parked in the poller.
+	if c.pumping.Load() {
+		c.up.wake()
+		c.down.wake()
 	}
 }
 
@@ -426,35 +485,36 @@ func (c *conn) bypass(d inspect.Decision) {
 	if c.bypassed.Swap(true) {
 		return
 	}
-	c.client.SetReadDeadline(past)
+	c.client.setReadDeadline(past)
 	if server != nil {
-		server.SetReadDeadline(past)
+		server.setReadDeadline(past)
+	}
+	if c.pumping.Load() {
+		c.up.wake()
+		c.down.wake()
 	}
 }
 
-// arm sets a read deadline. The check after it closes the race with
-// stop: if stop's deadline in the past was overwritten, stopped is
-// already visible here and the past deadline is set again.
-func (c *conn) arm(tc *net.TCPConn, t time.Time) {
-	tc.SetReadDeadline(t)
-	if c.stopped.Load() {
-		tc.SetDeadline(past)
+func (c *conn) touch() {
+	if !c.active.Load() {
+		c.active.Store(true)
 	}
 }
 
-func (c *conn) touch(now time.Time) {
-	c.lastActive.Store(int64(now.Sub(c.flow.Start)))
+// recoverSetup contains a panic while the connection is set up.
+func (c *conn) recoverSetup() {
+	if r := recover(); r != nil {
+		c.panicked(r, "setup")
+	}
 }
 
-func (c *conn) recoverPanic(where string) {
-	r := recover()
-	if r == nil {
-		return
-	}
+// panicked logs and counts a panic in the connection's path, and resets
+// the connection.
+func (c *conn) panicked(r any, where string) {
 	c.p.metrics.panicked()
 	c.p.log.Error("panic in a connection; resetting it",
 		zap.Uint64("id", c.flow.ID), zap.String("where", where),
-		zap.String("panic", fmt.Sprint(r)), zap.StackSkip("stack", 1))
+		zap.String("panic", fmt.Sprint(r)), zap.StackSkip("stack", 2))
 	c.kill(inspect.Decision{Verdict: inspect.Reset, Reason: fmt.Sprintf("panic: %v", r), Rule: RulePanic})
 }
 
@@ -472,27 +532,34 @@ func (c *conn) final() (inspect.Decision, bool) {
 	return d, c.rst
 }
 
-// finish closes both sockets, ends the inspection, and writes the
-// connection's log line, record and metrics.
-func (c *conn) finish() {
+// finish closes both sockets and frees the connection's slot; the
+// inspection's end, the log line, the record and the metrics follow at
+// once, or on the reporter's goroutine when finish runs on a poller (a
+// slow log or record writer must not hold up the other connections).
+func (c *conn) finish(onPoller bool) {
 	p := c.p
-	defer p.wg.Done()
-	d, rst := c.final()
 	c.mu.Lock()
-	server, upstream := c.server, c.upstream
+	server := c.server
+	c.mu.Unlock()
+	c.mu.Lock()
+	rst := c.rst
 	c.mu.Unlock()
 	if rst {
-		c.client.SetLinger(0)
+		c.client.resetOnClose()
 		if server != nil {
-			server.SetLinger(0)
+			server.resetOnClose()
 		}
 	}
-	c.client.Close()
+	c.client.close()
 	if server != nil {
-		server.Close()
+		server.close()
+	}
+	if c.pl != nil {
+		c.pl.unregister(c)
 	}
 	c.up.release()
 	c.down.release()
+	c.duration = time.Since(c.flow.Start)
 	// The slot is free once the sockets are: release it before the
 	// slower logging.
 	p.mu.Lock()
@@ -500,11 +567,26 @@ func (c *conn) finish() {
 	p.mu.Unlock()
 	p.active.Add(-1)
 	p.metrics.closed()
+	if onPoller {
+		c.pl.ended = append(c.pl.ended, c)
+		return
+	}
+	c.report()
+}
 
+// report ends the inspection and writes the connection's log line,
+// record and metrics.
+func (c *conn) report() {
+	p := c.p
+	defer p.wg.Done()
+	d, _ := c.final()
+	c.mu.Lock()
+	upstream := c.upstream
+	c.mu.Unlock()
 	sum := inspect.Summary{
 		BytesUp:   c.up.fwd,
 		BytesDown: c.down.fwd,
-		Duration:  time.Since(c.flow.Start),
+		Duration:  c.duration,
 		Decision:  d,
 	}
 	info := c.closeInspector(sum)

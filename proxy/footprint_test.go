@@ -76,7 +76,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 		mu.Unlock()
 	}
 	type sample struct {
-		stack, heap uint64
+		stack, heap int64
 		goroutines  int
 		fds         int
 	}
@@ -86,7 +86,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		ents, _ := os.ReadDir("/proc/self/fd")
-		return sample{ms.StackInuse, ms.HeapInuse, runtime.NumGoroutine(), len(ents)}
+		return sample{int64(ms.StackInuse), int64(ms.HeapInuse), runtime.NumGoroutine(), len(ents)}
 	}
 	delta := func(a, z sample) sample {
 		return sample{z.stack - a.stack, z.heap - a.heap, z.goroutines - a.goroutines, z.fds - a.fds}
@@ -115,7 +115,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 		closeAll(proxied)
 
 		b.ReportMetric(float64(d1.stack-d0.stack)/n, "stack-B/conn")
-		b.ReportMetric((float64(d1.heap)-float64(d0.heap))/n, "heap-B/conn")
+		b.ReportMetric(float64(d1.heap-d0.heap)/n, "heap-B/conn")
 		b.ReportMetric(float64(d1.goroutines-d0.goroutines)/n, "goroutines/conn")
 		b.ReportMetric(float64(d1.fds-d0.fds)/n, "fds/conn")
 	}

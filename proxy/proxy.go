@@ -14,24 +14,50 @@
 //
 // Each accepted connection gets an inspector from the Factory (before the
 // upstream is dialled, so that it may refuse the connection), then two
-// pump goroutines, one per direction. A pump waits for readability
-// without holding a buffer, reads into a pooled buffer, feeds the
+// pumps, one per direction. A pump reads into a pooled buffer, feeds the
 // inspector every byte read and not yet forwarded, writes on only the
 // head the inspector cleared, and gives the buffer back as soon as
 // nothing is pending. Verdicts are enforced here: drop closes both sides,
 // reset closes them with RST, bypass forwards what is pending and splices
-// the rest in the kernel through pipes borrowed from a pool.
+// the rest in the kernel through pipes borrowed from a pool. Payloads the
+// inspector passes unseen (Result.Pass: application data whose record
+// header was judged) are spliced too, and once such a run ends the next
+// header is peeked at, so that a stream of records never enters user
+// space but for its headers.
 //
-// Costs (BenchmarkIdleConnections, strace): an idle connection holds two
-// descriptors, two parked goroutines (4 KiB of stack each once the
-// collector has shrunk them) and about 2 KiB of heap, and no buffer or
-// pipe. A connection with one small request and answer costs about 25
-// system calls. Where the next steps plug in: a pump keeps all its state
-// in its dir, none on its goroutine's stack, so a shared poller could let
-// both goroutines exit while a connection is idle (a goroutine parked in
-// the runtime's poller never shrinks below 4 KiB); and dir.consume is
-// where long Result.Pass runs could be spliced through the pipe pool
-// instead of copied.
+// No goroutine waits for an idle connection. A pump keeps all its state
+// in its dir; when its source has nothing to read it parks in a poller,
+// an epoll set (one per processor, level-triggered, registered at the
+// first park: parking costs no system call), and the poller's goroutine
+// runs it when the socket has bytes again. A pump that would block on a
+// full destination, or keeps its poller busy (a bulk transfer), goes on
+// on a goroutine of its own ("hot"), waiting in the runtime's poller, and
+// parks again once its connection has been idle for a second. One
+// sweeper goroutine enforces the handshake, idle and dial timeouts of
+// every connection: no timer per connection, none re-armed per read.
+// Connections that end on a poller are reported (inspector's end, log
+// line, record, metrics) by a reporter goroutine, so that a slow log
+// cannot hold up the pumps.
+//
+// When the upstream is an IP address and no PROXY header is read, the
+// accepting goroutine starts a non-blocking connect itself and the
+// poller finishes it: no goroutine is started per connection, and the
+// upstream socket never enters the runtime's poller. A hostname, a
+// DialFunc or a PROXY header goes through a goroutine per connection
+// setup and the net package, then the same pumps.
+//
+// Costs (BenchmarkIdleConnections, haka-bench idle, strace): an idle
+// connection holds two descriptors, no goroutine, no buffer and no
+// pipe, and about 1 KiB of heap (4.3 KiB of resident memory in all,
+// against 15 KiB with a goroutine per pump). A new connection with a
+// two-round-trip TLS-framed exchange costs 27 system calls on the fast
+// path (HAProxy: 22), none of them handing its processor over: the
+// pumps' non-blocking calls go through RawSyscall (see sys_linux.go).
+// Limits of the design: an inspector's Feed (and so a Lua rule) runs on
+// the poller, so a slow rule delays the other connections of that
+// poller by as long as it runs (its deadline bounds that); the sockets
+// of the general path stay registered with the runtime's poller too,
+// which costs two epoll_ctl calls per socket.
 //
 // The package owns no global state: two Proxies in one process (as in
 // tests) share nothing.
@@ -42,6 +68,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,9 +92,29 @@ type Proxy struct {
 	bufs    bufPool
 	pipes   *pipePool
 
+	// Started by the first Serve, stopped by Shutdown (under mu).
+	started bool
+	pollers []*poller
+	sweeper *sweeper
+	reports *reporter
+
+	// upstream is Config.Upstream when the fast path can connect to it
+	// (see fastPath).
+	upstream netip.AddrPort
+	// coolAfter is the idle time after which hot pumps park (coolAfter;
+	// tests shorten it).
+	coolAfter atomic.Int64
+	// noPoller makes start make no poller, as on a system without epoll
+	// (tests).
+	noPoller bool
+
 	nextID      atomic.Uint64
 	active      atomic.Int64 // client connections counted against MaxConns
 	limitWarned atomic.Int64 // when max-conns was last warned about (Unix ns)
+
+	// quit is closed by Shutdown: Serve returns.
+	quit     chan struct{}
+	quitOnce sync.Once
 
 	mu        sync.Mutex
 	conns     map[*conn]struct{}
@@ -105,11 +153,14 @@ func New(cfg Config) (*Proxy, error) {
 		dial:      cfg.Dial,
 		pipes:     newPipePool(),
 		conns:     make(map[*conn]struct{}),
+		quit:      make(chan struct{}),
 		listeners: make(map[net.Listener]struct{}),
 	}
 	if p.log == nil {
 		p.log = zap.NewNop()
 	}
+	p.upstream = upstreamAddr(&p.cfg)
+	p.coolAfter.Store(int64(coolAfter))
 	// Keep-alive probes are off on the upstream side (as on the client
 	// side, see Listen): an idle connection is reaped by IdleTimeout, and
 	// Go's default keep-alive costs three setsockopt calls per socket.
@@ -181,6 +232,9 @@ func (p *Proxy) Serve(ln net.Listener) error {
 		p.mu.Unlock()
 		return ErrShutdown
 	}
+	if !p.started {
+		p.start()
+	}
 	p.listeners[ln] = struct{}{}
 	p.mu.Unlock()
 	defer func() {
@@ -188,6 +242,9 @@ func (p *Proxy) Serve(ln net.Listener) error {
 		delete(p.listeners, ln)
 		p.mu.Unlock()
 	}()
+	if tl, ok := p.rawListener(ln); ok {
+		return p.serveRaw(tl)
+	}
 
 	var backoff time.Duration
 	for {
@@ -224,7 +281,13 @@ func (p *Proxy) Serve(ln net.Listener) error {
 			p.refuse(tc, RefusedMaxConns)
 			continue
 		}
-		c := p.newConn(tc)
+		c := p.newConn(addrPort(tc.RemoteAddr()), addrPort(tc.LocalAddr()))
+		if err := c.client.setTCP(tc); err != nil {
+			p.active.Add(-1)
+			p.log.Error("accepted connection unusable; closing it", zap.Error(err))
+			tc.Close()
+			continue
+		}
 		// Registering under mu orders this Add before Shutdown's Wait:
 		// once draining is set, no connection joins the group.
 		p.mu.Lock()
@@ -237,19 +300,87 @@ func (p *Proxy) Serve(ln net.Listener) error {
 		p.wg.Add(1)
 		p.conns[c] = struct{}{}
 		p.mu.Unlock()
-		go p.handle(c)
+		if p.metrics != nil {
+			p.metrics.ConnectionsActive.Inc()
+		}
+		if !p.fastPath() {
+			go p.handle(c)
+		} else if !c.startRaw() {
+			c.finish(false)
+		}
 	}
+}
+
+// maxPollers bounds the pollers of a proxy: one per processor lets every
+// core run pumps; past a handful the pollers are never the bottleneck,
+// and each costs a goroutine and a descriptor.
+const maxPollers = 8
+
+// start starts the pollers, the sweeper and the reporter; p.mu is held.
+// Without epoll (or when an epoll set cannot be made) every pump keeps
+// a goroutine of its own, as net.Conn users do.
+func (p *Proxy) start() {
+	p.started = true
+	p.reports = startReporter()
+	if pollerSupported && !p.noPoller {
+		n := min(max(runtime.GOMAXPROCS(0), 1), maxPollers)
+		for range n {
+			pl, err := newPoller(p.reports)
+			if err != nil {
+				p.log.Warn("no poller: every connection keeps two goroutines", zap.Error(err))
+				for _, pl := range p.pollers {
+					pl.close()
+				}
+				p.pollers = nil
+				break
+			}
+			p.pollers = append(p.pollers, pl)
+		}
+	}
+	p.sweeper = p.startSweeper()
+}
+
+// stop stops what start started, once no connection is left.
+func (p *Proxy) stop() {
+	p.mu.Lock()
+	pollers, sw, rep := p.pollers, p.sweeper, p.reports
+	p.pollers, p.sweeper, p.reports = nil, nil, nil
+	p.mu.Unlock()
+	for _, pl := range pollers {
+		pl.close()
+	}
+	if sw != nil {
+		sw.stop()
+	}
+	if rep != nil {
+		rep.stop()
+	}
+}
+
+// pollerFor returns the poller of a new connection, round robin. No
+// lock: the pollers are set before the first connection is accepted and
+// cleared after the last one is gone.
+func (p *Proxy) pollerFor(id uint64) *poller {
+	if len(p.pollers) == 0 {
+		return nil
+	}
+	return p.pollers[id%uint64(len(p.pollers))]
 }
 
 // refuse resets a connection that will not be proxied. RST rather than
 // FIN: the client learns at once, and no TIME_WAIT is left on our side.
 func (p *Proxy) refuse(tc *net.TCPConn, reason string) {
-	// Count and log before the reset, which the client may act on at once.
-	defer tc.Close()
 	tc.SetLinger(0)
+	p.refused(tc.RemoteAddr().String(), reason)
+	tc.Close()
+}
+
+// refused counts and logs a refusal, before the reset, which the client
+// may act on at once.
+func (p *Proxy) refused(src, reason string) {
 	p.metrics.refused(reason)
 	if ce := p.log.Check(zap.DebugLevel, "connection refused"); ce != nil {
-		ce.Write(zap.String("src", tc.RemoteAddr().String()), zap.String("reason", reason))
+		ce.Write(zap.String("src", src), zap.String("reason", reason))
 	}
 	if reason != RefusedMaxConns {
 		return
@@ -293,6 +424,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for ln := range p.listeners {
 		ln.Close()
 	}
+	p.quitOnce.Do(func() { close(p.quit) })
 	open := len(p.conns)
 	p.mu.Unlock()
 	if _, ok := ctx.Deadline(); !ok {
@@ -326,6 +458,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		}
 		<-done
 	}
+	p.stop()
 	p.pipes.close()
 	return err
 }

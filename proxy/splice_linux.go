@@ -3,7 +3,7 @@ package proxy
 import (
 	"fmt"
 	"sync"
-	"time"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -22,6 +22,11 @@ const (
 	// that is moving bytes right now; more than this would be idle
 	// descriptors.
 	maxIdlePipes = 64
+	// pipeFlushAt is how much a pump splices into its pipe before
+	// draining it to dst, while its source still has bytes: several
+	// records per drain saves a system call each, and a quarter of the
+	// pipe leaves room for what the socket's next segments bring.
+	pipeFlushAt = pipeSize / 4
 )
 
 // pipe is a kernel pipe used to splice between two sockets.
@@ -40,6 +45,8 @@ type pipePool struct {
 	free   []*pipe
 	closed bool
 	lent   int // pipes borrowed and not given back
+	// spliced counts the bytes that went through the pool's pipes.
+	spliced atomic.Int64
 }
 
 func newPipePool() *pipePool { return &pipePool{} }
@@ -95,84 +102,114 @@ func (p *pipe) close() {
 	unix.Close(p.w)
 }
 
-// spliceable is the RawConn read callback of a bypassed pump: it moves
-// bytes from src into a borrowed pipe and from the pipe to dst, until src
-// has nothing more to give (EAGAIN) — then the pipe goes back to the pool
-// and the pump waits for readability holding nothing. A short splice does
-// not mean that the socket is drained (a pipe holds a bounded number of
-// segments, not bytes), so it always reads on to EAGAIN.
-func (d *dir) spliceable(fd uintptr) bool {
-	pool := d.c.p.pipes
-	for {
-		if d.c.stopped.Load() {
-			d.halt = true
-			return true
-		}
-		p, err := pool.get()
+// spliceIn moves up to max bytes from the socket fd into the pump's
+// pipe, borrowing one if it has none. pass: the bytes are a Pass run
+// (d.pass counts down; once it is over, the next read is a probe).
+func (d *dir) spliceIn(fd int, max int, pass bool) (fillResult, int) {
+	c := d.c
+	if d.pipe == nil {
+		p, err := c.p.pipes.get()
 		if err != nil {
-			d.c.abort(fmt.Sprintf("%s: splice: %v", d.srcName(), err), true)
+			c.abort(fmt.Sprintf("%s: splice: %v", d.srcName(), err), true)
 			d.halt = true
-			return true
+			return fillHalt, 0
 		}
-		n, err := unix.Splice(int(fd), nil, p.w, nil, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		if err != nil {
-			pool.put(p)
-			switch err {
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			}
-			d.c.abort(fmt.Sprintf("%s: read: %v", d.srcName(), err), true)
-			d.halt = true
-			return true
+		d.pipe = p
+	}
+	n, err := sysSplice(fd, d.pipe.w, max)
+	switch err {
+	case nil:
+	case unix.EAGAIN:
+		// Either side may be the one that would block: an empty
+		// socket, or a pipe with no free slot (it holds a bounded
+		// number of segments, not bytes).
+		if d.pipe.n > 0 {
+			return fillPipeFull, 0
 		}
-		if n == 0 {
-			pool.put(p)
-			d.eof = true
-			return true
+		d.releasePipe()
+		return fillAgain, 0
+	default:
+		if d.pipe.n == 0 {
+			d.releasePipe()
 		}
-		p.n = int(n)
-		d.c.touch(time.Now())
-		ok := d.drainPipe(p)
-		pool.put(p) // closed rather than pooled if bytes are left in it
-		if !ok {
-			d.halt = true
-			return true
+		return d.readError(err), 0
+	}
+	if n == 0 {
+		if d.pipe.n == 0 {
+			d.releasePipe()
+		}
+		return fillEOF, 0
+	}
+	d.pipe.n += n
+	if pass {
+		d.pass -= int64(n)
+		if d.pass == 0 {
+			d.probe, d.misses = true, 0
 		}
 	}
+	c.touch()
+	return fillData, n
 }
 
-// drainPipe splices the pipe's bytes to dst, waiting for writability in
-// the runtime's poller when dst's send buffer is full.
-func (d *dir) drainPipe(p *pipe) bool {
-	var werr error
-	write := func(fd uintptr) bool {
-		for p.n > 0 {
-			m, err := unix.Splice(p.r, nil, int(fd), nil, p.n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-			switch err {
-			case nil:
-				p.n -= int(m)
-				d.fwd += m
-				d.c.p.metrics.forwarded(d.d == dissect.Up, int(m))
-			case unix.EINTR:
-			case unix.EAGAIN:
-				return false
-			default:
-				werr = err
-				return true
-			}
-		}
-		return true
+// drain splices the pipe's bytes to dst and gives the pipe back once it
+// is empty. On a poller it never waits.
+func (d *dir) drain(onPoller bool) flushResult {
+	if d.spliceOut(uintptr(d.dstFD)) {
+		return d.drained()
 	}
-	if err := d.dstRaw.Write(write); err != nil {
-		werr = err
+	if onPoller {
+		return flushBlocked
 	}
-	if werr != nil {
-		if !d.c.stopped.Load() {
-			d.c.abort(fmt.Sprintf("%s: write: %v", d.dstName(), unwrapOp(werr)), true)
+	if d.drainFn == nil {
+		d.drainFn = d.spliceOut
+	}
+	raw, err := d.dst.waiter(d.c)
+	if err == nil {
+		err = raw.Write(d.drainFn)
+	}
+	if err != nil && d.werr == nil {
+		d.werr = err
+	}
+	return d.drained()
+}
+
+// spliceOut moves the pipe's bytes to fd; it reports false when fd
+// would block, true when done or failed (d.werr).
+func (d *dir) spliceOut(fd uintptr) bool {
+	p := d.pipe
+	for p.n > 0 {
+		m, err := sysSplice(p.r, int(fd), p.n)
+		if m > 0 {
+			p.n -= m
+			d.fwd += int64(m)
+			d.c.p.pipes.spliced.Add(int64(m))
+			d.c.p.metrics.forwarded(d.d == dissect.Up, m)
 		}
-		return false
+		switch err {
+		case nil, unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			d.werr = err
+			return true
+		}
 	}
 	return true
+}
+
+func (d *dir) drained() flushResult {
+	if d.werr != nil {
+		return d.flushed() // reports the error
+	}
+	d.releasePipe()
+	return flushDone
+}
+
+// releasePipe gives the pipe back; one with bytes left in it is closed
+// by the pool rather than lent again.
+func (d *dir) releasePipe() {
+	if d.pipe != nil {
+		d.c.p.pipes.put(d.pipe)
+		d.pipe = nil
+	}
 }
