@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"strings"
@@ -201,19 +202,23 @@ func chromeHelloRecord(tb testing.TB) []byte {
 // closed — with the stock rules and without rules. The difference is
 // what the rules cost a connection's hello: pinning a Flow, evaluating
 // client_hello (version_policy.lua's rule reads hello.sslv2 and
-// hello.version), unpinning.
+// hello.version), unpinning. stock+200-other adds 200 rules hooked on
+// events a hello does not raise: the hello must cost what it costs with
+// the stock rules alone.
 func BenchmarkTLSSessionClientHello(b *testing.B) {
 	hellos := map[string][]byte{"crypto-tls": tls12Transcript(b)[0].data}
 	if h := chromeHelloRecord(b); h != nil {
 		hellos["chrome"] = h
 	}
 	for name, hello := range hellos {
-		for _, rules := range []bool{true, false} {
-			label := name + "/no-rules"
+		for _, rules := range []string{"stock-rules", "no-rules", "stock+200-other"} {
+			label := name + "/" + rules
 			var h *harness
-			if rules {
-				label = name + "/stock-rules"
+			switch rules {
+			case "stock-rules":
 				h = benchEngine(b)
+			case "stock+200-other":
+				h = newHarness(b, stockPlusOtherRules(b, 200), Options{PoolSize: 8, Deadline: time.Minute})
 			}
 			b.Run(label, func(b *testing.B) {
 				f := benchFactory(b, h)
@@ -342,4 +347,30 @@ func testTranscript(t *testing.T, transcript []chunk, wantAnomalies string) {
 	if got := h.created.Load(); got != created {
 		t.Errorf("%d interpreter states created by a connection's events", got-created)
 	}
+}
+
+// stockPlusOtherRules is the stock rule set plus a file of n rules
+// hooked on events other than client_hello, spread over heartbeat,
+// server_hello, alert and certificate.
+func stockPlusOtherRules(tb testing.TB, n int) map[string]string {
+	tb.Helper()
+	files := map[string]string{}
+	err := fs.WalkDir(Stock(), ".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		src, err := fs.ReadFile(Stock(), path)
+		files[path] = string(src)
+		return err
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var extra strings.Builder
+	events := []string{"heartbeat", "server_hello", "alert", "certificate"}
+	for i := range n {
+		fmt.Fprintf(&extra, "haka.rule { on = tls.events.%s, eval = function(flow) flow.data.n%d = true end }\n", events[i%len(events)], i)
+	}
+	files["zz_other.lua"] = extra.String()
+	return files
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -89,6 +90,8 @@ type rootOptions struct {
 	LogFormat string
 	Alerts    string
 	Metrics   string
+	// Pprof serves Go's profiles beside the metrics.
+	Pprof bool
 
 	// RuleErrorPolicy is what a rule that fails does to its connection:
 	// "drop" or "pass".
@@ -237,6 +240,7 @@ func newCmdRun(d *deps, runF func(*rootOptions) error) *cobra.Command {
 	f.StringVar(&opts.LogFormat, "log-format", "json", "log format: json or console")
 	f.StringVar(&opts.Alerts, "alerts", "-", "`file` the alerts and connection records are appended to, - for stdout")
 	f.StringVar(&opts.Metrics, "metrics", "", "`address` to serve Prometheus metrics on at /metrics (default: off)")
+	f.BoolVar(&opts.Pprof, "pprof", false, "with --metrics: also serve Go's profiles (CPU, heap, goroutines, ...) at /debug/pprof/ on that address; keep it off ports others can reach")
 	f.BoolVar(&opts.ProxyProtocolIn, "proxy-protocol-in", false, "read a PROXY protocol header (v1 or v2) from trusted sources")
 	f.StringSliceVar(&opts.ProxyProtocolTrusted, "proxy-protocol-trusted", nil, "`CIDRs` allowed (and required) to send a PROXY header; others are served on their own address and refused if they send one")
 	f.DurationVar(&opts.ProxyProtocolTimeout, "proxy-protocol-timeout", proxy.DefaultProxyProtocolTimeout, "how long to wait for the PROXY header")
@@ -275,6 +279,8 @@ func (o *rootOptions) validate() error {
 		if err := checkHostPort(o.Metrics); err != nil {
 			errs = append(errs, fmt.Errorf("--metrics %q: %w", o.Metrics, err))
 		}
+	} else if o.Pprof {
+		errs = append(errs, errors.New("--pprof needs --metrics: the profiles are served on the metrics address"))
 	}
 	if o.Rules != "" {
 		if err := checkRulesDir(o.Rules); err != nil {
@@ -427,6 +433,15 @@ func runRoot(ctx context.Context, d *deps, o *rootOptions) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", metrics.Handler())
+		if o.Pprof {
+			// The handlers net/http/pprof puts on the default mux,
+			// on this one: the proxy never serves the default mux.
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		}
 		// A scrape is one small request: 10s to send its headers is
 		// plenty, and bounds what a slow client can hold.
 		metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}

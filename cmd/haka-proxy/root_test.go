@@ -127,6 +127,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"--upstream", "127.0.0.1:443", "--proxy-protocol-in", "--proxy-protocol-trusted", "10.0.0.0/33"}, `--proxy-protocol-trusted "10.0.0.0/33": not a CIDR`},
 		{[]string{"--upstream", "127.0.0.1:443", "--proxy-protocol-out", "v3"}, `--proxy-protocol-out "v3": want v1 or v2`},
 		{[]string{"--upstream", "127.0.0.1:443", "--max-held-bytes", "lots"}, `"lots" is not a size in bytes`},
+		{[]string{"--upstream", "127.0.0.1:443", "--pprof"}, "--pprof needs --metrics"},
 	} {
 		d, out, errOut := testDeps()
 		code := execute(tc.args, d)
@@ -404,5 +405,45 @@ func TestSecondSignalCutsDrain(t *testing.T) {
 	waitLine(t, logs, `"msg":"second signal: dropping the open connections now"`)
 	if !strings.Contains(out.String(), `"reason":"shutdown: drain timeout"`) {
 		t.Fatalf("records: %s", out)
+	}
+}
+
+// --pprof serves Go's profiles on the metrics address, and only with it.
+func TestPprof(t *testing.T) {
+	echo := echoServer(t)
+	for _, on := range []bool{false, true} {
+		d, _, errOut := testDeps()
+		sigs := make(chan os.Signal, 1)
+		d.Signals = func(...os.Signal) (<-chan os.Signal, func()) { return sigs, func() {} }
+		ready := make(chan net.Addr, 1)
+		d.Ready = func(_, m net.Addr) { ready <- m }
+		args := []string{"--listen", "127.0.0.1:0", "--upstream", echo.addr, "--metrics", "127.0.0.1:0"}
+		if on {
+			args = append(args, "--pprof")
+		}
+		exited := make(chan int, 1)
+		go func() { exited <- execute(args, d) }()
+		var metrics net.Addr
+		select {
+		case metrics = <-ready:
+		case code := <-exited:
+			t.Fatalf("exited %d: %s", code, errOut)
+		case <-time.After(waitFor):
+			t.Fatal("not ready")
+		}
+		resp, err := http.Get("http://" + metrics.String() + "/debug/pprof/goroutine?debug=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		served := resp.StatusCode == http.StatusOK && strings.Contains(string(body), "goroutine profile:")
+		if served != on {
+			t.Errorf("--pprof=%v: GET /debug/pprof/goroutine: %s, %.80q", on, resp.Status, body)
+		}
+		sigs <- syscall.SIGTERM
+		if code := <-exited; code != 0 {
+			t.Errorf("exit %d: %s", code, errOut)
+		}
 	}
 }
