@@ -153,6 +153,63 @@ func TestUpstreamResetsMidStream(t *testing.T) {
 	}
 }
 
+// The upstream closes cleanly mid-stream, a FIN while the client is still
+// sending: the client gets the whole answer, then EOF, and the connection
+// is no failure. The upstream keeps reading after its FIN: a socket
+// closed outright with bytes still arriving is answered by a reset, which
+// is TestUpstreamResetsMidStream.
+func TestUpstreamClosesMidStream(t *testing.T) {
+	const answer = "the whole answer"
+	received := make(chan int64, 1)
+	be := startBackend(t, func(c *net.TCPConn) {
+		n, _ := io.ReadFull(c, make([]byte, 5))
+		c.Write([]byte(answer))
+		c.CloseWrite()
+		rest, _ := io.Copy(io.Discard, c)
+		received <- int64(n) + rest
+	})
+	h := startProxy(t, be.addr, proxy.Config{})
+	c := h.dial()
+	// The client streams until it has read the upstream's EOF, so that
+	// the FIN comes while it is sending.
+	stop := make(chan struct{})
+	sent := make(chan int64, 1)
+	go func() {
+		var n int64
+		defer func() { c.CloseWrite(); sent <- n }()
+		chunk := randomBlock(4 << 10)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			w, err := c.Write(chunk)
+			n += int64(w)
+			if err != nil {
+				t.Errorf("client write after %d bytes: %v", n, err)
+				return
+			}
+		}
+	}()
+	got, err := readAll(t, c)
+	close(stop)
+	if err != nil || string(got) != answer {
+		t.Fatalf("client got %q, %v; want the answer, then EOF", got, err)
+	}
+	up := recv(t, sent)
+	if up < 5 {
+		t.Fatalf("the client sent only %d bytes", up)
+	}
+	if n := recv(t, received); n != up {
+		t.Fatalf("the upstream received %d of the %d bytes the client sent", n, up)
+	}
+	rec := h.record()
+	if rec.Verdict != "pass" || rec.Reason != "" || rec.Rule != "" || rec.BytesUp != up || rec.BytesDown != int64(len(answer)) {
+		t.Fatalf("record %+v; want pass, no reason, %d bytes up and %d down", rec, up, len(answer))
+	}
+}
+
 // A client that sends part of its opening message and then trickles
 // bytes hits the handshake timeout: the deadline is from accept, not from
 // the last byte.

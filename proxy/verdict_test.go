@@ -42,15 +42,16 @@ func lineBackend(t *testing.T) (*backend, <-chan string) {
 	return be, got
 }
 
-func recv(t *testing.T, ch <-chan string) string {
+func recv[T any](t *testing.T, ch <-chan T) T {
 	t.Helper()
 	select {
 	case s := <-ch:
 		return s
 	case <-time.After(waitFor):
-		t.Fatal("backend never saw the connection end")
+		t.Fatalf("nothing came in %v", waitFor)
 	}
-	return ""
+	var zero T
+	return zero
 }
 
 // Drop: the line that triggered it never reaches the backend, the lines

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/nftcmd"
+	"github.com/hakaproxy/haka-proxy/proxy"
 )
 
 const waitFor = 20 * time.Second
@@ -204,6 +205,41 @@ drain-timeout: 7s
 	pp, err := o.proxyProtocol()
 	if err != nil || len(pp.Trusted) != 2 || pp.Trusted[1].String() != "192.168.1.7/32" || pp.Out != 1 {
 		t.Fatalf("proxy protocol %+v, %v", pp, err)
+	}
+}
+
+// Without a limit flag the proxy is configured with the limits the README
+// documents, which are the proxy package's defaults: the literal values
+// are checked too, so that a changed default shows up here and in the
+// README together.
+func TestDefaultLimits(t *testing.T) {
+	o, err := parse(t, "--upstream", "127.0.0.1:443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := proxy.Limits{
+		MaxConns:         10000,
+		DialTimeout:      5 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+		IdleTimeout:      5 * time.Minute,
+		MaxHeldBytes:     512 << 10,
+		DrainTimeout:     30 * time.Second,
+	}
+	if got := o.limits(); got != documented || got != proxy.DefaultLimits() {
+		t.Errorf("limits %+v\nREADME  %+v\ndefault %+v", got, documented, proxy.DefaultLimits())
+	}
+	documentedPP := 5 * time.Second
+	pp, err := o.proxyProtocol()
+	if err != nil || pp.Timeout != documentedPP || pp.Timeout != proxy.DefaultProxyProtocolTimeout {
+		t.Errorf("PROXY protocol timeout %v (%v), want %v, the default %v", pp.Timeout, err, documentedPP, proxy.DefaultProxyProtocolTimeout)
+	}
+	// The proxy built from them keeps them as they are.
+	p, err := proxy.New(proxy.Config{Upstream: o.Upstream, Limits: o.limits(), ProxyProtocol: pp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Limits(); got != documented {
+		t.Errorf("the proxy's limits %+v, want %+v", got, documented)
 	}
 }
 

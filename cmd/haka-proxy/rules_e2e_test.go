@@ -30,10 +30,16 @@ import (
 // loaded with --rules, the proxy runs as `haka-proxy` does (in this
 // process), and the peers are real: crypto/tls, openssl, curl.
 
-// countingConn counts the bytes a client wrote.
+// countingConn counts the bytes a client wrote and read.
 type countingConn struct {
 	net.Conn
-	written atomic.Int64
+	written, read atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {

@@ -67,55 +67,65 @@ func roundTrip(t *testing.T, c net.Conn, s string) {
 	}
 }
 
-// SIGTERM: the real binary stops accepting, lets the open connection
-// finish, and exits 0 once it has.
-func TestSIGTERMDrains(t *testing.T) {
+// SIGTERM or SIGINT, either as the first signal: the real binary stops
+// accepting, lets the open connection finish, and exits 0 once it has.
+func TestSignalDrains(t *testing.T) {
 	bin := buildBinary(t)
-	echo := echoServer(t)
-	p := startBinary(t, bin, "--listen", "127.0.0.1:0", "--upstream", echo.addr)
-	c := echo.dial(t, p.addr)
-	roundTrip(t, c, "before")
+	for _, tc := range []struct {
+		name string
+		sig  syscall.Signal
+	}{{"SIGTERM", syscall.SIGTERM}, {"SIGINT", syscall.SIGINT}} {
+		sig := tc.sig
+		t.Run(tc.name, func(t *testing.T) {
+			echo := echoServer(t)
+			p := startBinary(t, bin, "--listen", "127.0.0.1:0", "--upstream", echo.addr)
+			c := echo.dial(t, p.addr)
+			roundTrip(t, c, "before")
 
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	p.waitLog(t, "shutting down")
-	// The listener closes: new clients are refused by the kernel (no
-	// event says when, so poll, bounded). A probe accepted as the drain
-	// begins is reset instead (refused while draining).
-	deadline := time.Now().Add(waitFor)
-	for {
-		nc, err := net.Dial("tcp", p.addr)
-		if err != nil {
-			if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ECONNRESET) {
-				t.Fatalf("dial during the drain: %v", err)
+			p.cmd.Process.Signal(sig)
+			if got := p.waitLog(t, "shutting down")["signal"]; got != sig.String() {
+				t.Fatalf("shutting down on %v, want %v", got, sig)
 			}
-			break
-		}
-		nc.Close()
-		if time.Now().After(deadline) {
-			t.Fatal("still accepting after SIGTERM")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	roundTrip(t, c, "during the drain")
-	select {
-	case err := <-p.exited:
-		t.Fatalf("exited (%v) with a connection open", err)
-	default:
-	}
-	c.Close()
-	p.waitLog(t, "stopped")
-	p.wait(t)
-	// The drained connection's record, among those of the probes that
-	// were accepted before the listener closed.
-	found := false
-	for _, l := range p.stdout.all() {
-		if !strings.Contains(l, `"type":"connection"`) || !strings.Contains(l, `"verdict":"pass"`) {
-			t.Errorf("record %s", l)
-		}
-		found = found || strings.Contains(l, `"src":"`+c.LocalAddr().String()+`"`)
-	}
-	if !found {
-		t.Fatal("no record of the drained connection on stdout")
+			// The listener closes: new clients are refused by the kernel (no
+			// event says when, so poll, bounded). A probe accepted as the drain
+			// begins is reset instead (refused while draining).
+			deadline := time.Now().Add(waitFor)
+			for {
+				nc, err := net.Dial("tcp", p.addr)
+				if err != nil {
+					if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ECONNRESET) {
+						t.Fatalf("dial during the drain: %v", err)
+					}
+					break
+				}
+				nc.Close()
+				if time.Now().After(deadline) {
+					t.Fatalf("still accepting after %v", sig)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			roundTrip(t, c, "during the drain")
+			select {
+			case err := <-p.exited:
+				t.Fatalf("exited (%v) with a connection open", err)
+			default:
+			}
+			c.Close()
+			p.waitLog(t, "stopped")
+			p.wait(t)
+			// The drained connection's record, among those of the probes that
+			// were accepted before the listener closed.
+			found := false
+			for _, l := range p.stdout.all() {
+				if !strings.Contains(l, `"type":"connection"`) || !strings.Contains(l, `"verdict":"pass"`) {
+					t.Errorf("record %s", l)
+				}
+				found = found || strings.Contains(l, `"src":"`+c.LocalAddr().String()+`"`)
+			}
+			if !found {
+				t.Fatal("no record of the drained connection on stdout")
+			}
+		})
 	}
 }
 

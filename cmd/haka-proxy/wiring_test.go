@@ -1,11 +1,15 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
+	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -309,4 +313,165 @@ func TestReadmeRuleExample(t *testing.T) {
 	if logs != 2 {
 		t.Errorf("%d connection lines from the example, want 2:\n%s", logs, rp.errOut)
 	}
+}
+
+// readmeConnClosedFields are the fields of the "connection closed" line
+// in the README's example (zap's own included).
+func readmeConnClosedFields(t *testing.T) []string {
+	t.Helper()
+	readme, err := os.ReadFile(filepath.Join(repoRoot(t), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(readme), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "connection closed" {
+			return slices.Sorted(maps.Keys(m))
+		}
+	}
+	t.Fatal("no connection closed line in the README")
+	return nil
+}
+
+// connClosedLine returns the "connection closed" log line of the client
+// connection c, once its record is written (the line is logged just
+// before), after checking it has the README's fields and no other, and
+// that those it shares with the record agree with it.
+func (rp *runningProxy) connClosedLine(t *testing.T, c net.Conn) map[string]any {
+	t.Helper()
+	rec := rp.connRecord(t, c)
+	var line map[string]any
+	for _, l := range rp.logLines(t, "connection closed") {
+		if l["src"] == c.LocalAddr().String() {
+			if line != nil {
+				t.Fatalf("two lines for one connection: %v and %v", line, l)
+			}
+			line = l
+		}
+	}
+	if line == nil {
+		t.Fatalf("no connection closed line for %s:\n%s", c.LocalAddr(), rp.errOut)
+	}
+	if keys, want := slices.Sorted(maps.Keys(line)), readmeConnClosedFields(t); !slices.Equal(keys, want) {
+		t.Errorf("fields %v, want the README's %v", keys, want)
+	}
+	flow := rec["flow"].(map[string]any)
+	for _, k := range [][2]any{
+		{line["id"], flow["id"]}, {line["dst"], flow["dst"]}, {line["sni"], flow["sni"]},
+		{line["version"], rec["version"]}, {line["bytes_up"], rec["bytes_up"]}, {line["bytes_down"], rec["bytes_down"]},
+		{line["verdict"], rec["verdict"]},
+	} {
+		if k[0] != k[1] {
+			t.Errorf("the line says %v where the record says %v\nline   %v\nrecord %v", k[0], k[1], line, rec)
+		}
+	}
+	return line
+}
+
+// The "connection closed" line of a TLS connection through the stock
+// rules carries every documented field with its real value: the flow's
+// addresses, the upstream, the SNI and version the client negotiated,
+// the bytes forwarded each way, counted at both ends, a duration within
+// the connection's, and the verdict.
+func TestConnectionClosedLine(t *testing.T) {
+	for _, v := range []struct {
+		version uint16
+		name    string
+	}{{tls.VersionTLS12, "TLS1.2"}, {tls.VersionTLS13, "TLS1.3"}} {
+		t.Run(v.name, func(t *testing.T) {
+			echo := echoServer(t)
+			echo.cfg.MinVersion, echo.cfg.MaxVersion = v.version, v.version
+			rp := startProxy(t, "--upstream", echo.addr)
+			start := time.Now()
+			tc, cc, err := echo.connect(t, rp.addr, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := tc.ConnectionState().Version; got != v.version {
+				t.Fatalf("negotiated %s", tls.VersionName(got))
+			}
+			roundTrip(t, tc, "through the proxy")
+			// close_notify up; the backend answers with its own and
+			// closes: reading to EOF, at the TLS layer and then below it,
+			// the client has every byte the proxy forwarded down.
+			if err := tc.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			if b, err := io.ReadAll(tc); err != nil || len(b) != 0 {
+				t.Fatalf("after close_notify: %q, %v", b, err)
+			}
+			if b, err := io.ReadAll(cc); err != nil || len(b) != 0 {
+				t.Fatalf("after the TLS end: %q, %v", b, err)
+			}
+			tc.Close()
+			line := rp.connClosedLine(t, tc)
+			took := time.Since(start).Seconds()
+
+			if id, ok := line["id"].(float64); !ok || id < 1 {
+				t.Errorf("id %v", line["id"])
+			}
+			if line["src"] != tc.LocalAddr().String() || line["dst"] != rp.addr || line["upstream"] != echo.addr {
+				t.Errorf("src %v, dst %v, upstream %v; want %v, %v, %v",
+					line["src"], line["dst"], line["upstream"], tc.LocalAddr(), rp.addr, echo.addr)
+			}
+			if line["sni"] != "echo.test" || line["version"] != v.name {
+				t.Errorf("sni %v, version %v; want echo.test, %s", line["sni"], line["version"], v.name)
+			}
+			// The backend has closed, after reading the client's last
+			// byte: its count is final.
+			up, down := cc.written.Load(), cc.read.Load()
+			if line["bytes_up"] != float64(up) || up != echo.Received.Load() || line["bytes_down"] != float64(down) {
+				t.Errorf("bytes_up %v, bytes_down %v; the client wrote %d (the backend received %d) and read %d",
+					line["bytes_up"], line["bytes_down"], up, echo.Received.Load(), down)
+			}
+			if d, ok := line["duration"].(float64); !ok || d <= 0 || d > took {
+				t.Errorf("duration %v, want within the %vs of the connection", line["duration"], took)
+			}
+			if line["verdict"] != "pass" || line["rule"] != "" || line["reason"] != "" {
+				t.Errorf("verdict %v, rule %q, reason %q; want pass and none", line["verdict"], line["rule"], line["reason"])
+			}
+		})
+	}
+
+	// A dropped connection: the encrypted Heartbleed, which heartbleed.lua
+	// drops at the server's leaking answer.
+	t.Run("drop", func(t *testing.T) {
+		echo := echoServer(t)
+		rp := startProxy(t, "--upstream", echo.addr)
+		raw, err := net.DialTimeout("tcp", rp.addr, waitFor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc := &countingConn{Conn: raw}
+		t.Cleanup(func() { cc.Close() })
+		if o := tlspeer.EncryptedHeartbleed(cc, echo.cfg, 64, waitFor); o.Leaked != 0 || !o.Closed {
+			t.Fatalf("attack %+v: want no leak and the connection closed", o)
+		}
+		// Whatever the proxy forwarded before it closed.
+		cc.SetReadDeadline(time.Now().Add(waitFor))
+		if _, err := io.ReadAll(cc); err != nil {
+			t.Fatal(err)
+		}
+		cc.Close()
+		line := rp.connClosedLine(t, cc)
+		alerts := rp.alertRecords(t)
+		if len(alerts) != 1 {
+			t.Fatalf("alerts %v", alerts)
+		}
+		if line["verdict"] != "drop" || line["rule"] != alerts[0]["rule"] || !strings.HasPrefix(str(line["rule"]), "heartbleed.lua:") ||
+			line["reason"] != "heartbleed: encrypted heartbeat response longer than the request" {
+			t.Errorf("verdict %v, rule %v, reason %v; want drop by the alert's rule %v", line["verdict"], line["rule"], line["reason"], alerts[0]["rule"])
+		}
+		if line["sni"] != "echo.test" || line["version"] != "TLS1.2" || line["src"] != cc.LocalAddr().String() ||
+			line["dst"] != rp.addr || line["upstream"] != echo.addr {
+			t.Errorf("line %v", line)
+		}
+		// The backend received the heartbeat request, the last thing the
+		// client sent, before it answered with the leak.
+		if up, down := cc.written.Load(), cc.read.Load(); line["bytes_up"] != float64(up) || up != echo.Received.Load() ||
+			line["bytes_down"] != float64(down) {
+			t.Errorf("bytes_up %v, bytes_down %v; the client wrote %d (the backend received %d) and read %d",
+				line["bytes_up"], line["bytes_down"], up, echo.Received.Load(), down)
+		}
+	})
 }
