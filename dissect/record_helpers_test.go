@@ -23,9 +23,8 @@ func recUpdate() bool {
 	return f != nil && f.Value.String() == "true"
 }
 
-// recCaptureRoot returns the directory of the shared captures: $HAKA_PCAPS
-// when set (a worktree whose parent has no shared/ beside it), the
-// repository's ../shared/testdata/pcaps otherwise.
+// recCaptureRoot returns the directory of the captures: $HAKA_PCAPS when
+// set, pcaptest.Root otherwise (the repository's testdata/pcaps).
 func recCaptureRoot(t testing.TB) string {
 	t.Helper()
 	if dir := os.Getenv("HAKA_PCAPS"); dir != "" {

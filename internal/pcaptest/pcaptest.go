@@ -50,9 +50,11 @@ func (s *Stream) Payload(up bool) []byte {
 	return b
 }
 
-// Root returns the directory that holds the shared captures
-// (../shared/testdata/pcaps from the repository root), found by walking up
-// from the working directory to go.mod.
+// Root returns the directory that holds the captures: the repository's
+// testdata/pcaps (a copy of the shared corpus, with its MANIFEST and
+// licence notes), found by walking up from the working directory to
+// go.mod, so that a checkout needs nothing beside it. Without that copy,
+// ../shared/testdata/pcaps from the repository root.
 func Root() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
@@ -60,6 +62,10 @@ func Root() (string, error) {
 	}
 	for {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			own := filepath.Join(dir, "testdata", "pcaps")
+			if _, err := os.Stat(filepath.Join(own, "MANIFEST.md")); err == nil {
+				return own, nil
+			}
 			return filepath.Join(dir, "..", "shared", "testdata", "pcaps"), nil
 		}
 		parent := filepath.Dir(dir)
