@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
@@ -15,10 +14,9 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
+	"github.com/hakaproxy/haka-proxy/internal/tlspeer"
 	"github.com/hakaproxy/haka-proxy/proxy"
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
 )
@@ -89,7 +87,7 @@ func TestOpenSSLAndCurlThroughProxy(t *testing.T) {
 		}
 	}
 	files := newTLSFiles(t)
-	sAddr := startSServer(t, files)
+	sAddr := tlspeer.StartSServer(t, files.certFile, files.keyFile, waitFor)
 	h := startProxy(t, sAddr, proxy.Config{Factory: recordInspector{}})
 
 	t.Run("s_client", func(t *testing.T) {
@@ -148,49 +146,6 @@ func TestOpenSSLAndCurlThroughProxy(t *testing.T) {
 func port(addr string) string {
 	_, p, _ := net.SplitHostPort(addr)
 	return p
-}
-
-// startSServer runs openssl s_server -www on a free port and returns its
-// address, read from its "ACCEPT host:port" line.
-func startSServer(t *testing.T, files *tlsFiles) string {
-	t.Helper()
-	cmd := exec.Command("openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", files.certFile,
-		"-key", files.keyFile, "-www")
-	// Dies with the test process, even one killed by a timeout.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	addr := make(chan string, 1)
-	go func() {
-		s := bufio.NewScanner(out)
-		for s.Scan() {
-			if a, ok := strings.CutPrefix(s.Text(), "ACCEPT "); ok {
-				addr <- a
-				break
-			}
-		}
-		close(addr)
-		io.Copy(io.Discard, out)
-	}()
-	select {
-	case a, ok := <-addr:
-		if !ok {
-			t.Fatal("openssl s_server exited before listening")
-		}
-		return a
-	case <-time.After(waitFor):
-		t.Fatal("openssl s_server did not say where it listens")
-	}
-	return ""
 }
 
 // hashServer reads an 8-byte seed, then streams a rotation of block

@@ -1,17 +1,12 @@
 package rules
 
 import (
-	"bufio"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -80,8 +75,8 @@ func TestExampleMachineLive(t *testing.T) {
 			saw: []string{"established TLS1.2"}},
 	}
 	if _, err := exec.LookPath("openssl"); err == nil {
-		certFile, keyFile := pemFiles(t)
-		rs := startLive(t, nil, Options{Dir: dir, PoolSize: 2}, startSServer(t, certFile, keyFile))
+		certFile, keyFile := tlspeer.PEMFiles(t, "localhost")
+		rs := startLive(t, nil, Options{Dir: dir, PoolSize: 2}, tlspeer.StartSServer(t, certFile, keyFile, liveWait))
 		for _, v := range []string{"1.2", "1.3"} {
 			scenarios = append(scenarios, scenario{name: "openssl TLS" + v, rig: rs, verdict: "pass",
 				run: func(t *testing.T) (output.Connection, error) {
@@ -136,67 +131,4 @@ func TestExampleMachineLive(t *testing.T) {
 	if errs := messages(r.logs, zapcore.ErrorLevel); len(errs) > 0 {
 		t.Errorf("errors:\n%s", strings.Join(errs, "\n"))
 	}
-}
-
-// pemFiles writes a fresh certificate for localhost and its key.
-func pemFiles(t *testing.T) (certFile, keyFile string) {
-	t.Helper()
-	cert, _, err := tlspeer.NewCert("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
-}
-
-// startSServer runs openssl s_server -www on 127.0.0.1 and returns its
-// address, from its "ACCEPT host:port" line.
-func startSServer(t *testing.T, certFile, keyFile string) string {
-	t.Helper()
-	cmd := exec.Command("openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", certFile, "-key", keyFile, "-www")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	addr := make(chan string, 1)
-	go func() {
-		s := bufio.NewScanner(out)
-		for s.Scan() {
-			if a, ok := strings.CutPrefix(s.Text(), "ACCEPT "); ok {
-				addr <- a
-				break
-			}
-		}
-		close(addr)
-		io.Copy(io.Discard, out)
-	}()
-	select {
-	case a, ok := <-addr:
-		if !ok {
-			t.Fatal("openssl s_server exited before listening")
-		}
-		return a
-	case <-time.After(liveWait):
-		t.Fatal("openssl s_server did not say where it listens")
-	}
-	return ""
 }

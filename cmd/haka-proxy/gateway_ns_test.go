@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -73,25 +72,10 @@ func newLab(t *testing.T) *lab {
 	if l.cert, l.pool, err = tlspeer.NewCert(certName); err != nil {
 		t.Fatal(err)
 	}
-	l.certFile, l.keyFile = writePEM(t, l.cert)
+	if l.certFile, l.keyFile, err = tlspeer.WritePEM(t.TempDir(), l.cert); err != nil {
+		t.Fatal(err)
+	}
 	return l
-}
-
-func writePEM(t *testing.T, c tls.Certificate) (certFile, keyFile string) {
-	t.Helper()
-	key, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
 }
 
 // startSServer runs `openssl s_server -www` in the server namespace on

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -602,70 +600,6 @@ end }
 	t.Logf("%d connections, %d exchanges, %d reloads, %d refused", n, trips.Load(), reloads, refused)
 }
 
-// tlsFiles writes a certificate for localhost and its key, for openssl
-// and curl.
-func tlsFiles(t *testing.T) (certFile, keyFile string) {
-	t.Helper()
-	cert, _, err := tlspeer.NewCert("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
-}
-
-// startSServer runs openssl s_server -www and returns its address, from
-// its "ACCEPT host:port" line.
-func startSServer(t *testing.T, certFile, keyFile string) string {
-	t.Helper()
-	cmd := exec.Command("openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", certFile, "-key", keyFile, "-www")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	addr := make(chan string, 1)
-	go func() {
-		s := bufio.NewScanner(out)
-		for s.Scan() {
-			if a, ok := strings.CutPrefix(s.Text(), "ACCEPT "); ok {
-				addr <- a
-				break
-			}
-		}
-		close(addr)
-		io.Copy(io.Discard, out)
-	}()
-	select {
-	case a, ok := <-addr:
-		if !ok {
-			t.Fatal("openssl s_server exited before listening")
-		}
-		return a
-	case <-time.After(waitFor):
-		t.Fatal("openssl s_server did not say where it listens")
-	}
-	return ""
-}
-
 // The stock rules (no --rules) never break a well-formed connection:
 // openssl s_client and curl against openssl s_server, curl and a Go
 // HTTPS client against a Go HTTPS server, crypto/tls against the echo
@@ -676,8 +610,8 @@ func TestStockRulesPassRealClients(t *testing.T) {
 			t.Skipf("%s not installed (apt-get install openssl curl)", tool)
 		}
 	}
-	certFile, keyFile := tlsFiles(t)
-	sserver := startSServer(t, certFile, keyFile)
+	certFile, keyFile := tlspeer.PEMFiles(t, "localhost")
+	sserver := tlspeer.StartSServer(t, certFile, keyFile, waitFor)
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)

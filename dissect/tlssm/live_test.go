@@ -1,23 +1,17 @@
 package tlssm
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -239,69 +233,6 @@ func TestLiveCryptoTLS(t *testing.T) {
 	}
 }
 
-// tlsFiles writes a certificate and its key for openssl and curl.
-func tlsFiles(t *testing.T) (certFile, keyFile string) {
-	t.Helper()
-	cert, _, err := tlspeer.NewCert("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
-}
-
-// startSServer runs openssl s_server -www on a free port and returns its
-// address, from its "ACCEPT host:port" line.
-func startSServer(t *testing.T, certFile, keyFile string) string {
-	t.Helper()
-	cmd := exec.Command("openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", certFile, "-key", keyFile, "-www")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	addr := make(chan string, 1)
-	go func() {
-		s := bufio.NewScanner(out)
-		for s.Scan() {
-			if a, ok := strings.CutPrefix(s.Text(), "ACCEPT "); ok {
-				addr <- a
-				break
-			}
-		}
-		close(addr)
-		io.Copy(io.Discard, out)
-	}()
-	select {
-	case a, ok := <-addr:
-		if !ok {
-			t.Fatal("openssl s_server exited before listening")
-		}
-		return a
-	case <-time.After(liveWait):
-		t.Fatal("openssl s_server did not say where it listens")
-	}
-	return ""
-}
-
 // openssl s_client against s_server, curl against s_server and against a
 // Go HTTPS server, TLS 1.2 and 1.3, through the inspector without rules.
 func TestLiveOpenSSLAndCurl(t *testing.T) {
@@ -310,8 +241,8 @@ func TestLiveOpenSSLAndCurl(t *testing.T) {
 			t.Skipf("%s not installed (apt-get install openssl curl)", tool)
 		}
 	}
-	certFile, keyFile := tlsFiles(t)
-	lp := startLiveProxy(t, startSServer(t, certFile, keyFile), nil)
+	certFile, keyFile := tlspeer.PEMFiles(t, "localhost")
+	lp := startLiveProxy(t, tlspeer.StartSServer(t, certFile, keyFile, liveWait), nil)
 	_, port, _ := net.SplitHostPort(lp.addr)
 	for _, v := range []string{"1_2", "1_3"} {
 		t.Run("s_client tls"+v, func(t *testing.T) {
