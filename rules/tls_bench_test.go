@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"fmt"
-	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -53,40 +52,9 @@ func (c *recordingConn) Write(p []byte) (int, error) {
 // AES-128-GCM): the handshake and one message each way.
 func tls12Transcript(tb testing.TB) []chunk {
 	tb.Helper()
-	cert, pool, err := tlspeer.NewCert("bench.test")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var mu sync.Mutex
-	var chunks []chunk
-	cc, sc := net.Pipe()
-	defer cc.Close()
-	defer sc.Close()
-	server := tls.Server(&recordingConn{sc, dissect.Down, &mu, &chunks}, &tls.Config{Certificates: []tls.Certificate{cert}})
-	client := tls.Client(&recordingConn{cc, dissect.Up, &mu, &chunks}, &tls.Config{RootCAs: pool, ServerName: "bench.test",
-		MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}})
-	served := make(chan error, 1)
-	go func() {
-		buf := make([]byte, 5)
-		_, err := io.ReadFull(server, buf)
-		if err == nil {
-			_, err = server.Write(buf)
-		}
-		served <- err
-	}()
-	client.SetDeadline(time.Now().Add(liveWait))
-	if _, err := client.Write([]byte("hello")); err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := io.ReadFull(client, make([]byte, 5)); err != nil {
-		tb.Fatal(err)
-	}
-	if err := <-served; err != nil {
-		tb.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	return append([]chunk(nil), chunks...)
+	return tlsTranscriptWith(tb, tls.VersionTLS12, func(_, client *tls.Config) {
+		client.CipherSuites = []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}
+	})
 }
 
 // withHeartbeat returns the transcript with the heartbeat extension
