@@ -321,7 +321,7 @@ const maxPollers = 8
 // a goroutine of its own, as net.Conn users do.
 func (p *Proxy) start() {
 	p.started = true
-	p.reports = startReporter()
+	p.reports = startReporter(p.cfg.Records, p.log)
 	if pollerSupported && !p.noPoller {
 		n := min(max(runtime.GOMAXPROCS(0), 1), maxPollers)
 		for range n {

@@ -6,7 +6,10 @@ import (
 	"sync"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
+	"github.com/hakaproxy/haka-proxy/rules/output"
 )
 
 const (
@@ -128,8 +131,12 @@ func (d *dir) coolDown() {
 
 // reporter ends the connections that finished on a poller: inspector's
 // end, log line, record, metrics. One goroutine takes them in batches: a
-// poller hands over what finished during one batch of events at once.
+// poller hands over what finished during one batch of events at once,
+// and their connection records go out in one write.
 type reporter struct {
+	records *output.Writer
+	log     *zap.Logger
+
 	mu   sync.Mutex
 	q    []*conn
 	wake chan struct{}
@@ -137,8 +144,8 @@ type reporter struct {
 	done chan struct{}
 }
 
-func startReporter() *reporter {
-	r := &reporter{wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+func startReporter(records *output.Writer, log *zap.Logger) *reporter {
+	r := &reporter{records: records, log: log, wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 	go r.run()
 	return r
 }
@@ -166,9 +173,13 @@ func (r *reporter) run() {
 		r.mu.Lock()
 		batch, r.q = r.q, batch[:0]
 		r.mu.Unlock()
+		r.records.Hold()
 		for i, c := range batch {
 			c.report()
 			batch[i] = nil
+		}
+		if err := r.records.Release(); err != nil {
+			r.log.Error("writing connection records", zap.Error(err))
 		}
 	}
 }

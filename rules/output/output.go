@@ -7,7 +7,6 @@ package output
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -90,11 +89,14 @@ func ParseFormat(s string) (Format, error) {
 }
 
 // Writer serialises records to an io.Writer; it is safe for concurrent use.
-// A nil *Writer discards everything.
+// A nil *Writer discards everything. Each record is flushed as it is
+// written, unless the caller holds the Writer (Hold) to write a batch.
 type Writer struct {
 	mu     sync.Mutex
 	w      *bufio.Writer
+	buf    []byte // the JSON encoding of the record being written
 	format Format
+	held   int // Hold calls not yet released
 	err    error
 }
 
@@ -114,7 +116,13 @@ func (w *Writer) Alert(a *Alert) error {
 			a.Time.UTC().Format(time.RFC3339Nano), a.Description, a.Severity,
 			a.Flow.Src, a.Flow.Dst, a.Flow.SNI, a.Event, a.Rule, a.Action))
 	}
-	return w.json(a)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var err error
+	if w.buf, err = appendAlert(w.buf[:0], a); err != nil {
+		return err
+	}
+	return w.writeBuf()
 }
 
 // Connection writes a connection summary; the Type field is set for the
@@ -139,27 +147,80 @@ func (w *Writer) Connection(c *Connection) error {
 		}
 		return w.line(s)
 	}
-	return w.json(c)
-}
-
-func (w *Writer) json(v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var err error
+	if w.buf, err = appendConnection(w.buf[:0], c); err != nil {
 		return err
 	}
-	return w.line(string(b))
+	return w.writeBuf()
 }
 
-// line writes one record and flushes it, so that a reader of the alert
-// stream sees every record as soon as it is raised.
+// Hold makes the records written until the matching Release go out in
+// one write, at Release (or when the buffer fills): a caller with a batch
+// of records to write costs the output one system call, not one each.
+// Records written meanwhile by others wait with them.
+func (w *Writer) Hold() {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	w.held++
+	w.mu.Unlock()
+}
+
+// Release ends a Hold; the last one flushes what was held. It returns
+// the error of that flush: an earlier one was returned by the write
+// that met it, and every write after it returns it again.
+func (w *Writer) Release() error {
+	if w == nil {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.held > 0 {
+		w.held--
+	}
+	if w.held == 0 && w.err == nil && w.w.Buffered() > 0 {
+		w.err = w.w.Flush()
+		return w.err
+	}
+	return nil
+}
+
+// writeBuf writes the encoded record in buf as one line; w.mu is held.
+func (w *Writer) writeBuf() error {
+	if w.err != nil {
+		return w.err
+	}
+	w.buf = append(w.buf, '\n')
+	return w.write(w.buf)
+}
+
+// line writes one readable record.
 func (w *Writer) line(s string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.err != nil {
 		return w.err
 	}
-	w.w.WriteString(s)
-	w.w.WriteByte('\n')
-	w.err = w.w.Flush()
+	w.buf = append(append(w.buf[:0], s...), '\n')
+	return w.write(w.buf)
+}
+
+// write writes one record's line and flushes it, unless the Writer is
+// held, so that a reader of the alert stream sees every record as soon
+// as it is raised. w.mu is held.
+// A held record that does not fit the buffer's room flushes what is
+// held first: every write to the output holds whole lines.
+func (w *Writer) write(line []byte) error {
+	if len(line) > w.w.Available() && w.w.Buffered() > 0 {
+		if w.err = w.w.Flush(); w.err != nil {
+			return w.err
+		}
+	}
+	if _, w.err = w.w.Write(line); w.err == nil && w.held == 0 {
+		w.err = w.w.Flush()
+	}
 	return w.err
 }
