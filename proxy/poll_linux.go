@@ -163,6 +163,7 @@ func (pl *poller) fire(key uint64, events uint32) {
 		return
 	}
 	d.readOn = events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	d.ended = d.readOn && events&unix.EPOLLERR == 0
 	if d.c.slow.Load() {
 		go d.resume(false)
 		return

@@ -150,6 +150,12 @@ type dir struct {
 	// with the socket's end reported (see poller.fire), or reported the
 	// socket while the pump was running (see park).
 	readOn bool
+	// ended: the poller reported the source's end (RDHUP or HUP without
+	// an error) when it woke the pump. The peer's FIN came after every
+	// byte queued before it, so a read that comes back short has taken
+	// the last of them: the end is known without the read that would
+	// return 0 (endNext). Reset when the pump parks.
+	ended, endNext bool
 
 	// pending is buf[r:w]: read, not yet written. Its head buf[r:r+owe]
 	// is cleared (owed to dst); the inspector sees buf[r+owe:w]. arr is
@@ -421,7 +427,7 @@ func (d *dir) resumeHot() {
 // read. It reports false when the pump must go on instead: it was woken
 // meanwhile, or the poller refused it (the connection is then aborted).
 func (d *dir) park() bool {
-	d.readOn = false
+	d.readOn, d.ended = false, false
 	if err := d.c.pl.arm(d); err != nil {
 		d.c.abort(fmt.Sprintf("%s: %v", d.srcName(), err), true)
 		d.halt = true
@@ -505,6 +511,9 @@ func (d *dir) hotFill(fd uintptr) bool {
 // Pass are spliced (or owed), the rest is shown to the inspector.
 func (d *dir) fill(fd int) (fillResult, int) {
 	switch {
+	case d.endNext:
+		d.endNext = false
+		return fillEOF, 0
 	case spliceSupported && d.splicing:
 		return d.spliceIn(fd, pipeSize, false)
 	case spliceSupported && d.pass > 0 && d.r == d.w:
@@ -534,8 +543,10 @@ func (d *dir) read(fd int, max int) (fillResult, int) {
 	}
 	d.w += n
 	// A short read drained the socket: a cold pump parks at once (its
-	// poller's level-triggered registration fires again if more came).
+	// poller's level-triggered registration fires again if more came),
+	// and one woken with the end reported has reached it.
 	d.skipRead = n < len(space) && !d.hot.Load() && !d.readOn
+	d.endNext = n < len(space) && d.ended
 	now := time.Now()
 	d.c.touch()
 	if !d.consume(now) {
