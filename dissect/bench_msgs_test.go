@@ -85,3 +85,42 @@ func TestClientHelloReuseDoesNotAllocate(t *testing.T) {
 		t.Errorf("%v allocations per fingerprint, want 3", n)
 	}
 }
+
+// TestFreshHelloListsSizedOnce: a hello parsed into a fresh ClientHello
+// (as each new connection's is) sizes its lists once — each holds exactly
+// its entries — and costs one allocation per list, not one per growth.
+func TestFreshHelloListsSizedOnce(t *testing.T) {
+	body := chromeKyberHello(t)
+	var h ClientHello
+	if err := h.Unmarshal(body); err != nil {
+		t.Fatal(err)
+	}
+	for name, l := range map[string][2]int{
+		"Extensions":          {len(h.Extensions), cap(h.Extensions)},
+		"CipherSuites":        {len(h.CipherSuites), cap(h.CipherSuites)},
+		"SupportedGroups":     {len(h.SupportedGroups), cap(h.SupportedGroups)},
+		"SignatureAlgorithms": {len(h.SignatureAlgorithms), cap(h.SignatureAlgorithms)},
+	} {
+		// The allocator rounds up to its size classes.
+		if l[0] == 0 || l[1] > 2*l[0]+8 {
+			t.Errorf("%s: len %d, cap %d", name, l[0], l[1])
+		}
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		var h ClientHello
+		if err := h.Unmarshal(body); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// One per list (extensions, cipher suites, versions, groups,
+	// signature algorithms, ALPN, key shares) and the server name: 20
+	// when the lists grew one entry at a time. The race detector's
+	// instrumentation adds a few of its own.
+	want := 8.0
+	if raceEnabled {
+		want = 12
+	}
+	if allocs > want {
+		t.Errorf("%.0f allocations to parse Chrome's hello into a fresh ClientHello, want at most %.0f", allocs, want)
+	}
+}

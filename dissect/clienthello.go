@@ -1,6 +1,8 @@
 package dissect
 
 import (
+	"slices"
+
 	"golang.org/x/crypto/cryptobyte"
 )
 
@@ -186,6 +188,8 @@ func (h *ClientHello) decodeExtension(e Extension) error {
 		if !d.ReadUint16LengthPrefixed(&list) || !d.Empty() || list.Empty() {
 			return malformedMsg(MsgClientHello, "application_layer_protocol_negotiation extension")
 		}
+		// Room for the usual few at once, not one growth per name.
+		h.ALPN = slices.Grow(h.ALPN, 4)
 		for !list.Empty() {
 			var proto cryptobyte.String
 			if !list.ReadUint8LengthPrefixed(&proto) || proto.Empty() {
@@ -224,6 +228,7 @@ func (h *ClientHello) decodeExtension(e Extension) error {
 		if !d.ReadUint16LengthPrefixed(&list) || !d.Empty() {
 			return malformedMsg(MsgClientHello, "key_share extension")
 		}
+		h.KeyShares = slices.Grow(h.KeyShares, 4)
 		for !list.Empty() {
 			var ks KeyShare
 			var key cryptobyte.String
@@ -294,6 +299,7 @@ func (h *ClientHello) decodeServerName(d cryptobyte.String) {
 
 // appendUint16s appends the big-endian uint16 values of b (of even length).
 func appendUint16s(dst []uint16, b []byte) []uint16 {
+	dst = slices.Grow(dst, len(b)/2)
 	for i := 0; i+1 < len(b); i += 2 {
 		dst = append(dst, uint16(b[i])<<8|uint16(b[i+1]))
 	}

@@ -342,3 +342,56 @@ func stockPlusOtherRules(tb testing.TB, n int) map[string]string {
 	files["zz_other.lua"] = extra.String()
 	return files
 }
+
+// BenchmarkTLSSessionConnection: a whole TLS 1.2 connection as the proxy
+// inspects it under the connection-rate load — the Session made, both
+// flights fed and judged by the stock rules, a record of application
+// data each way, the ends, Info read and the Session closed — with the
+// machine's wall-clock timers armed as in the proxy. This is the
+// inspection's share of the CPU a new connection costs.
+func BenchmarkTLSSessionConnection(b *testing.B) {
+	chunks := tls12Transcript(b)
+	for _, v := range []struct {
+		rules, timers bool
+	}{{true, true}, {false, true}, {true, false}} {
+		label := "no-rules"
+		opts := tlssm.Options{NoTimers: !v.timers}
+		if v.rules {
+			label = "stock-rules"
+			opts.NewHandler = benchEngine(b).NewTLSHandler
+		}
+		if !v.timers {
+			label += "/no-timers"
+		}
+		f, err := tlssm.NewFactory(opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(label, func(b *testing.B) {
+			b.ReportAllocs()
+			flow := benchFlow
+			for b.Loop() {
+				flow.Start = time.Now()
+				s, d := f.New(&flow, nil)
+				if d.Verdict != inspect.Pass {
+					b.Fatal(d)
+				}
+				var pending [2][]byte
+				for _, c := range chunks {
+					p := append(pending[c.dir], c.data...)
+					res := s.Feed(c.dir, p, time.Now())
+					if res.Decision.Verdict != inspect.Pass {
+						b.Fatal(res.Decision)
+					}
+					pending[c.dir] = p[res.Forward+int(res.Pass):]
+				}
+				s.EOF(dissect.Down, pending[dissect.Down], time.Now())
+				s.EOF(dissect.Up, pending[dissect.Up], time.Now())
+				if info := s.Info(); info.JA4 == "" {
+					b.Fatalf("no fingerprint: %+v", info)
+				}
+				s.Close(inspect.Summary{})
+			}
+		})
+	}
+}
