@@ -257,7 +257,7 @@ func (r runsResult) String() string {
 
 func newHSCmd(stdout io.Writer) *cobra.Command {
 	var o clientOptions
-	n, c, latN := 5000, 50, 500
+	n, c, latN, pid := 5000, 50, 500, 0
 	var x25519 bool
 	cmd := &cobra.Command{
 		Use:   "hs",
@@ -274,7 +274,7 @@ byte of the echo.`,
 				return err
 			}
 			r, err := loadgen.Handshakes(cmd.Context(), loadgen.HandshakeConfig{
-				Addr: o.addr, Roots: mat.Roots, N: n, Concurrency: c, LatN: latN, X25519Only: x25519, MaxTime: o.maxTime,
+				Addr: o.addr, Roots: mat.Roots, N: n, Concurrency: c, LatN: latN, X25519Only: x25519, MaxTime: o.maxTime, PID: pid,
 			})
 			if err != nil {
 				return err
@@ -288,6 +288,7 @@ byte of the echo.`,
 	f.IntVarP(&c, "concurrency", "c", c, "concurrency")
 	f.IntVar(&latN, "lat-n", latN, "handshakes at concurrency 1 afterwards (0 = none)")
 	f.BoolVar(&x25519, "x25519", false, "offer X25519 only (default: Go's default groups, X25519MLKEM768 first)")
+	f.IntVar(&pid, "pid", 0, "process (the proxy) whose CPU per handshake of the loaded run is reported; 0 = none")
 	return cmd
 }
 
@@ -313,7 +314,7 @@ func (p resultPrinter) String() string               { return p.text.String() }
 
 func newConnrateCmd(stdout io.Writer) *cobra.Command {
 	var o clientOptions
-	n, c, latN := 10000, 50, 2000
+	n, c, latN, pid := 10000, 50, 2000, 0
 	cmd := &cobra.Command{
 		Use:   "connrate",
 		Short: "New connections per second with a minimal TLS-framed exchange, then latency at concurrency 1",
@@ -330,7 +331,7 @@ time, for the unloaded latency (dial to last byte).`,
 				return err
 			}
 			r, err := loadgen.Exchanges(cmd.Context(), loadgen.ExchangeConfig{
-				Addr: o.addr, Flight: mat.Flight, N: n, Concurrency: c, LatN: latN, MaxTime: o.maxTime,
+				Addr: o.addr, Flight: mat.Flight, N: n, Concurrency: c, LatN: latN, MaxTime: o.maxTime, PID: pid,
 			})
 			if err != nil {
 				return err
@@ -343,6 +344,7 @@ time, for the unloaded latency (dial to last byte).`,
 	f.IntVarP(&n, "n", "n", n, "connections at concurrency -c")
 	f.IntVarP(&c, "concurrency", "c", c, "concurrency")
 	f.IntVar(&latN, "lat-n", latN, "connections at concurrency 1 afterwards (0 = none)")
+	f.IntVar(&pid, "pid", 0, "process (the proxy) whose CPU per connection of the loaded run is reported; 0 = none")
 	return cmd
 }
 

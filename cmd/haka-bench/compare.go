@@ -664,9 +664,9 @@ func (c *comparison) measureOne(ctx context.Context, phase string, pc proxyConfi
 	case "stream":
 		return c.measureStream(ctx, pc.name, addr, rep)
 	case "hs":
-		return c.measureHS(ctx, pc.name, addr, rep)
+		return c.measureHS(ctx, pc.name, addr, pid, rep)
 	case "connrate":
-		return c.measureConnrate(ctx, pc.name, addr, rep)
+		return c.measureConnrate(ctx, pc.name, addr, pid, rep)
 	case "idle":
 		return c.measureIdle(ctx, pc.name, addr, pid, rep)
 	case "scale":
@@ -721,8 +721,26 @@ func (c *comparison) measureStream(ctx context.Context, cfg, addr string, rep in
 	return nil
 }
 
-func (c *comparison) measureHS(ctx context.Context, cfg, addr string, rep int) error {
+// proxyCPU records the proxy's CPU per operation of a loaded run.
+func (c *comparison) proxyCPU(phase, cfg string, rep int, r loadgen.Run) {
+	if u := r.ProxyCPU; u != nil {
+		c.record(phase, cfg, rep, "cpu_user_us", u.UserUS)
+		c.record(phase, cfg, rep, "cpu_sys_us", u.SysUS)
+		c.record(phase, cfg, rep, "cpu_us", u.UserUS+u.SysUS)
+	}
+}
+
+// pidArgs asks a client to report the CPU of the proxy pid (0: none).
+func pidArgs(pid int) []string {
+	if pid == 0 {
+		return nil
+	}
+	return []string{"--pid", strconv.Itoa(pid)}
+}
+
+func (c *comparison) measureHS(ctx context.Context, cfg, addr string, pid, rep int) error {
 	args := []string{"hs", "--addr", addr, "-n", strconv.Itoa(c.o.hsN), "-c", strconv.Itoa(c.o.hsC), "--lat-n", strconv.Itoa(c.o.hsLatN)}
+	args = append(args, pidArgs(pid)...)
 	if c.o.x25519 {
 		args = append(args, "--x25519")
 	}
@@ -732,6 +750,7 @@ func (c *comparison) measureHS(ctx context.Context, cfg, addr string, rep int) e
 	}
 	p := hsPhase(c.o.hsC)
 	c.record(p, cfg, rep, "rate", r.Loaded.Rate)
+	c.proxyCPU(p, cfg, rep, r.Loaded)
 	c.record(p, cfg, rep, "p50_us", r.Loaded.Latency.P50)
 	c.record(p, cfg, rep, "p99_us", r.Loaded.Latency.P99)
 	msg := fmt.Sprintf("hs       %-10s rep %d: %.0f handshakes/s at c=%d", cfg, rep, r.Loaded.Rate, c.o.hsC)
@@ -744,14 +763,16 @@ func (c *comparison) measureHS(ctx context.Context, cfg, addr string, rep int) e
 	return nil
 }
 
-func (c *comparison) measureConnrate(ctx context.Context, cfg, addr string, rep int) error {
+func (c *comparison) measureConnrate(ctx context.Context, cfg, addr string, pid, rep int) error {
 	var r loadgen.ExchangeResult
-	if err := c.runJSON(ctx, "connrate-"+cfg, &r, "connrate", "--addr", addr,
-		"-n", strconv.Itoa(c.o.connN), "-c", strconv.Itoa(c.o.connC), "--lat-n", strconv.Itoa(c.o.connLatN)); err != nil {
+	args := []string{"connrate", "--addr", addr,
+		"-n", strconv.Itoa(c.o.connN), "-c", strconv.Itoa(c.o.connC), "--lat-n", strconv.Itoa(c.o.connLatN)}
+	if err := c.runJSON(ctx, "connrate-"+cfg, &r, append(args, pidArgs(pid)...)...); err != nil {
 		return err
 	}
 	p := connratePhase(c.o.connC)
 	c.record(p, cfg, rep, "rate", r.Loaded.Rate)
+	c.proxyCPU(p, cfg, rep, r.Loaded)
 	c.record(p, cfg, rep, "p50_us", r.Loaded.Latency.P50)
 	c.record(p, cfg, rep, "p99_us", r.Loaded.Latency.P99)
 	msg := fmt.Sprintf("connrate %-10s rep %d: %.0f conns/s at c=%d", cfg, rep, r.Loaded.Rate, c.o.connC)

@@ -137,6 +137,7 @@ func (c *comparison) table() table {
 	if c.has("hs") {
 		p := hsPhase(o.hsC)
 		t.rows = append(t.rows, rowSpec{p, "rate", "hs", fmt.Sprintf("TLS 1.3 handshakes/s, c=%d", o.hsC), higherBetter, "%.0f"})
+		t.rows = append(t.rows, cpuRows(p, "hs", "handshake")...)
 		t.targets = append(t.targets,
 			targetSpec{fmt.Sprintf("2. handshakes/s c=%d ≥ 1.00× hap1", o.hsC), p, "rate", "hap1", atLeastRatio, 1.0, ""},
 			targetSpec{fmt.Sprintf("2. handshakes/s c=%d ≥ 1.00× hap2", o.hsC), p, "rate", "hap2", atLeastRatio, 1.0, ""})
@@ -163,6 +164,7 @@ func (c *comparison) table() table {
 	if c.has("connrate") {
 		p := connratePhase(o.connC)
 		t.rows = append(t.rows, rowSpec{p, "rate", "connrate", fmt.Sprintf("new conns/s, TLS-framed exchange, c=%d", o.connC), higherBetter, "%.0f"})
+		t.rows = append(t.rows, cpuRows(p, "connrate", "conn")...)
 		t.targets = append(t.targets, targetSpec{fmt.Sprintf("4. conns/s c=%d ≥ 1.00× hap2", o.connC), p, "rate", "hap2", atLeastRatio, 1.0, ""})
 		if o.connLatN > 0 {
 			t.rows = append(t.rows,
@@ -178,6 +180,17 @@ func (c *comparison) table() table {
 		}
 	}
 	return t
+}
+
+// cpuRows are the proxy's CPU per operation of a loaded run: where the
+// two cores go when the endpoints saturate them, so that every µs a
+// proxy spends is an operation less per second.
+func cpuRows(phase, failPhase, op string) []rowSpec {
+	return []rowSpec{
+		{phase, "cpu_us", failPhase, "proxy CPU per " + op + ", µs", lowerBetter, "%.0f"},
+		{phase, "cpu_user_us", failPhase, "… of which user space", lowerBetter, "%.0f"},
+		{phase, "cpu_sys_us", failPhase, "… of which kernel", lowerBetter, "%.0f"},
+	}
 }
 
 func (t table) cell(r rowSpec, cfg string) string {

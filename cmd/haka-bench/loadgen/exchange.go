@@ -14,6 +14,9 @@ type ExchangeConfig struct {
 	// N connections at Concurrency, then LatN at concurrency 1 (0 skips).
 	N, Concurrency, LatN int
 	MaxTime              time.Duration
+	// PID, when not 0, is the proxy's process: the loaded run reports
+	// its CPU per connection.
+	PID int
 }
 
 // ExchangeResult is the loaded and the unloaded run.
@@ -55,7 +58,11 @@ func Exchanges(ctx context.Context, cfg ExchangeConfig) (ExchangeResult, error) 
 			return cfg.Flight.PlayClient(c, buf)
 		}
 	}
-	res := ExchangeResult{Loaded: runLoad(ctx, cfg.N, cfg.Concurrency, cfg.MaxTime, newOp)}
+	loaded, err := measureCPU(cfg.PID, func() Run { return runLoad(ctx, cfg.N, cfg.Concurrency, cfg.MaxTime, newOp) })
+	if err != nil {
+		return ExchangeResult{}, err
+	}
+	res := ExchangeResult{Loaded: loaded}
 	if cfg.LatN > 0 && ctx.Err() == nil {
 		u := runLoad(ctx, cfg.LatN, 1, cfg.MaxTime, newOp)
 		res.Unloaded = &u

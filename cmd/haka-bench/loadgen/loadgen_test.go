@@ -546,4 +546,50 @@ func TestProcReadings(t *testing.T) {
 	if _, err := ProcFDs(1 << 23); err == nil {
 		t.Error("fds of a process that cannot exist")
 	}
+	if _, _, err := ProcCPU(1 << 23); err == nil {
+		t.Error("cpu of a process that cannot exist")
+	}
+	// Burn a quarter of a second of CPU: user time grows by about that.
+	u0, s0, err := ProcCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := uint64(1)
+	for start := time.Now(); time.Since(start) < 250*time.Millisecond; {
+		for range 1000 {
+			x = x*6364136223846793005 + 1442695040888963407
+		}
+	}
+	u1, s1, err := ProcCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := u1 - u0; d < 100*time.Millisecond || s1 < s0 {
+		t.Errorf("250 ms of computing: user %v → %v, kernel %v → %v (%d)", u0, u1, s0, s1, x)
+	}
+}
+
+// TestExchangesReportTheProxyCPU: with the proxy's PID, the loaded run
+// says what CPU the proxy (a child process here) spent per connection.
+func TestExchangesReportTheProxyCPU(t *testing.T) {
+	e := startEnv(t)
+	addr, proc := startSpliceChild(t, e.flight)
+	r, err := Exchanges(context.Background(), ExchangeConfig{Addr: addr, Flight: e.mat.Flight, N: 2000, Concurrency: 20, MaxTime: 60 * time.Second, PID: proc.Pid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Err(); err != nil {
+		t.Fatal(err)
+	}
+	c := r.Loaded.ProxyCPU
+	// A proxy cannot relay a connection for nothing, nor spend 10 ms on it.
+	if c == nil || c.UserUS+c.SysUS <= 0 || c.UserUS+c.SysUS > 10000 {
+		t.Fatalf("proxy CPU per connection: %+v", c)
+	}
+	if !strings.Contains(r.Loaded.String(), "proxy_cpu_sys_us=") {
+		t.Errorf("the text form lacks the proxy CPU: %s", r.Loaded)
+	}
+	if r2, err := Exchanges(context.Background(), ExchangeConfig{Addr: addr, Flight: e.mat.Flight, N: 10, Concurrency: 2, MaxTime: 10 * time.Second}); err != nil || r2.Loaded.ProxyCPU != nil {
+		t.Errorf("without a PID: %+v, %v", r2.Loaded.ProxyCPU, err)
+	}
 }

@@ -27,6 +27,9 @@ type Run struct {
 	// Latency of the successful operations, in microseconds: from the
 	// start of the dial to the last byte of the answer.
 	Latency Percentiles `json:"latency_us"`
+	// ProxyCPU is the CPU the process given by PID (the proxy) spent
+	// during the run, per successful operation; nil without a PID.
+	ProxyCPU *CPUPerOp `json:"proxy_cpu,omitempty"`
 }
 
 // Percentiles of a latency distribution, in microseconds (nearest rank).
@@ -53,6 +56,9 @@ func (r Run) Err() error {
 func (r Run) String() string {
 	s := fmt.Sprintf("c=%d ok=%d errors=%d seconds=%.3f rate=%.0f p50_us=%.0f p90_us=%.0f p99_us=%.0f max_us=%.0f",
 		r.Concurrency, r.OK, r.Errors, r.Seconds, r.Rate, r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.Max)
+	if c := r.ProxyCPU; c != nil {
+		s += fmt.Sprintf(" proxy_cpu_user_us=%.1f proxy_cpu_sys_us=%.1f", c.UserUS, c.SysUS)
+	}
 	if r.FirstError != "" {
 		s += fmt.Sprintf(" first_error=%q", r.FirstError)
 	}

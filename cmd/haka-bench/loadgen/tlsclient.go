@@ -74,6 +74,9 @@ type HandshakeConfig struct {
 	X25519Only           bool
 	// MaxTime bounds each of the two parts.
 	MaxTime time.Duration
+	// PID, when not 0, is the proxy's process: the loaded run reports
+	// its CPU per handshake.
+	PID int
 }
 
 // HandshakeResult is the loaded run, the unloaded one, and what was
@@ -140,7 +143,11 @@ func Handshakes(ctx context.Context, cfg HandshakeConfig) (HandshakeResult, erro
 			return nil
 		}
 	}
-	res := HandshakeResult{Loaded: runLoad(ctx, cfg.N, cfg.Concurrency, cfg.MaxTime, newOp)}
+	loaded, err := measureCPU(cfg.PID, func() Run { return runLoad(ctx, cfg.N, cfg.Concurrency, cfg.MaxTime, newOp) })
+	if err != nil {
+		return HandshakeResult{}, err
+	}
+	res := HandshakeResult{Loaded: loaded}
 	if cfg.LatN > 0 && ctx.Err() == nil {
 		u := runLoad(ctx, cfg.LatN, 1, cfg.MaxTime, newOp)
 		res.Unloaded = &u
