@@ -200,7 +200,7 @@ func (o *clientOptions) bind(cmd *cobra.Command, defaultAddr string) {
 
 func newStreamCmd(stdout io.Writer) *cobra.Command {
 	var o clientOptions
-	var conns int
+	var conns, pid int
 	bytes := byteSize(2 << 30)
 	var dur time.Duration
 	cmd := &cobra.Command{
@@ -220,7 +220,7 @@ plaintext, the per-connection share and the slowest connection's rate.`,
 				return err
 			}
 			r, err := loadgen.Stream(cmd.Context(), loadgen.StreamConfig{
-				Addr: o.addr, Roots: mat.Roots, Conns: conns, Bytes: int64(bytes), Duration: dur, MaxTime: o.maxTime,
+				Addr: o.addr, Roots: mat.Roots, Conns: conns, Bytes: int64(bytes), Duration: dur, MaxTime: o.maxTime, PID: pid,
 			})
 			if err != nil {
 				return err
@@ -233,6 +233,7 @@ plaintext, the per-connection share and the slowest connection's rate.`,
 	f.IntVar(&conns, "conns", 1, fmt.Sprintf("concurrent connections (1-%d)", loadgen.MaxStreamConns))
 	f.Var(&bytes, "bytes", "application bytes per connection")
 	f.DurationVar(&dur, "duration", 0, "stream for this long instead of a byte count")
+	f.IntVar(&pid, "pid", 0, "process (the proxy) whose CPU per GiB streamed is reported; 0 = none")
 	return cmd
 }
 

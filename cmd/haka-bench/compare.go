@@ -662,7 +662,7 @@ func (c *comparison) measureOne(ctx context.Context, phase string, pc proxyConfi
 	}
 	switch phase {
 	case "stream":
-		return c.measureStream(ctx, pc.name, addr, rep)
+		return c.measureStream(ctx, pc.name, addr, pid, rep)
 	case "hs":
 		return c.measureHS(ctx, pc.name, addr, pid, rep)
 	case "connrate":
@@ -710,13 +710,16 @@ func connratePhase(c int) string { return fmt.Sprintf("connrate-c%d", c) }
 func idlePhase(n int) string     { return fmt.Sprintf("idle-n%d", n) }
 func scalePhase(k int) string    { return fmt.Sprintf("scale-k%d", k) }
 
-func (c *comparison) measureStream(ctx context.Context, cfg, addr string, rep int) error {
+func (c *comparison) measureStream(ctx context.Context, cfg, addr string, pid, rep int) error {
 	var r loadgen.StreamResult
-	if err := c.runJSON(ctx, "stream-"+cfg, &r, "stream", "--addr", addr, "--conns", "1",
-		"--bytes", strconv.FormatInt(int64(c.o.streamBytes), 10)); err != nil {
+	args := []string{"stream", "--addr", addr, "--conns", "1", "--bytes", strconv.FormatInt(int64(c.o.streamBytes), 10)}
+	if err := c.runJSON(ctx, "stream-"+cfg, &r, append(args, pidArgs(pid)...)...); err != nil {
 		return err
 	}
 	c.record("stream", cfg, rep, "gbps", r.Gbps)
+	if u := r.ProxyCPU; u != nil {
+		c.record("stream", cfg, rep, "cpu_ms_per_gib", u.UserMS+u.SysMS)
+	}
 	c.logf("stream %-10s rep %d: %.3f Gbit/s (%s)", cfg, rep, r.Gbps, r.TLS)
 	return nil
 }

@@ -115,7 +115,7 @@ func TestCompareSmall(t *testing.T) {
 	}
 	for _, row := range []string{"TLS 1.3 stream, 1 conn", "handshakes/s, c=5", "handshake latency c=1, p50",
 		"RSS per idle conn, KiB (100 conns)", "descriptors per idle conn", "new conns/s", "conn latency c=1, p99",
-		"TLS streams, 4 conns", "proxy CPU per conn, µs", "proxy CPU per handshake, µs", "… of which kernel"} {
+		"TLS streams, 4 conns", "proxy CPU per conn, µs", "proxy CPU per handshake, µs", "… of which kernel", "proxy CPU per GiB streamed"} {
 		if !strings.Contains(stdout.String(), row) {
 			t.Errorf("the table has no row %q", row)
 		}
@@ -143,7 +143,7 @@ func TestCompareSmall(t *testing.T) {
 		want := []string{"stream gbps", "hs-c5 rate", "hs-c1 p50_us", "connrate-c10 rate", "connrate-c1 p99_us", "scale-k1 gbps", "scale-k4 gbps_per_conn"}
 		if cfg != "direct" {
 			want = append(want, "idle-n100 kib_per_conn", "idle-n100 fds_per_conn",
-				"connrate-c10 cpu_us", "connrate-c10 cpu_user_us", "connrate-c10 cpu_sys_us", "hs-c5 cpu_us")
+				"connrate-c10 cpu_us", "connrate-c10 cpu_user_us", "connrate-c10 cpu_sys_us", "hs-c5 cpu_us", "stream cpu_ms_per_gib")
 		}
 		for _, w := range want {
 			phase, metric, _ := strings.Cut(w, " ")

@@ -128,7 +128,8 @@ func (c *comparison) table() table {
 	}
 	o := c.o
 	if c.has("stream") {
-		t.rows = append(t.rows, rowSpec{"stream", "gbps", "stream", "TLS 1.3 stream, 1 conn, Gbit/s", higherBetter, "%.2f"})
+		t.rows = append(t.rows, rowSpec{"stream", "gbps", "stream", "TLS 1.3 stream, 1 conn, Gbit/s", higherBetter, "%.2f"},
+			rowSpec{"stream", "cpu_ms_per_gib", "stream", "proxy CPU per GiB streamed, ms", lowerBetter, "%.0f"})
 		t.targets = append(t.targets,
 			targetSpec{"1. TLS stream ≥ 1.00× splice", "stream", "gbps", "splice", atLeastRatio, 1.0, ""},
 			targetSpec{"1. TLS stream ≥ 1.15× hap1", "stream", "gbps", "hap1", atLeastRatio, 1.15, ""},

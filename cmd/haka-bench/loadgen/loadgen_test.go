@@ -593,3 +593,21 @@ func TestExchangesReportTheProxyCPU(t *testing.T) {
 		t.Errorf("without a PID: %+v, %v", r2.Loaded.ProxyCPU, err)
 	}
 }
+
+// TestStreamReportsTheProxyCPU: with the proxy's PID, a stream says what
+// CPU the proxy (a child process here) spent per GiB.
+func TestStreamReportsTheProxyCPU(t *testing.T) {
+	e := startEnv(t)
+	addr, proc := startSpliceChild(t, e.tls)
+	r, err := Stream(context.Background(), StreamConfig{Addr: addr, Roots: e.mat.Roots, Conns: 1, Bytes: 256 << 20, MaxTime: 60 * time.Second, PID: proc.Pid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Moving a GiB costs a proxy something, and less than a minute.
+	if c := r.ProxyCPU; c == nil || c.UserMS+c.SysMS <= 0 || c.UserMS+c.SysMS > 60000 {
+		t.Fatalf("proxy CPU per GiB: %+v (%v)", c, r)
+	}
+	if !strings.Contains(r.String(), "proxy_cpu_sys_ms_per_gib=") {
+		t.Errorf("the text form lacks the proxy CPU: %s", r)
+	}
+}

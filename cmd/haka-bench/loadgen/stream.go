@@ -36,6 +36,10 @@ type StreamConfig struct {
 	Bytes    int64
 	Duration time.Duration
 	MaxTime  time.Duration
+	// PID, when not 0, is the proxy's process: the result reports its
+	// CPU per GiB streamed (the handshakes, before the clock starts,
+	// are not counted).
+	PID int
 }
 
 // StreamResult is the aggregate and per-connection throughput, in Gbit/s
@@ -51,11 +55,25 @@ type StreamResult struct {
 	MinConnGbps    float64 `json:"min_conn_gbps"`
 	MedianConnGbps float64 `json:"median_conn_gbps"`
 	TLS            TLSInfo `json:"tls"`
+	// ProxyCPU is the CPU the proxy (StreamConfig.PID) spent per GiB
+	// streamed, in milliseconds; nil without a PID.
+	ProxyCPU *CPUPerGiB `json:"proxy_cpu,omitempty"`
+}
+
+// CPUPerGiB is the CPU a process spent per GiB of a stream, in
+// milliseconds.
+type CPUPerGiB struct {
+	UserMS float64 `json:"user_ms"`
+	SysMS  float64 `json:"sys_ms"`
 }
 
 func (r StreamResult) String() string {
-	return fmt.Sprintf("conns=%d bytes=%d seconds=%.3f gbps=%.3f gbps_per_conn=%.4f min_conn_gbps=%.4f median_conn_gbps=%.4f %s",
+	s := fmt.Sprintf("conns=%d bytes=%d seconds=%.3f gbps=%.3f gbps_per_conn=%.4f min_conn_gbps=%.4f median_conn_gbps=%.4f %s",
 		r.Conns, r.Bytes, r.Seconds, r.Gbps, r.PerConnGbps, r.MinConnGbps, r.MedianConnGbps, r.TLS)
+	if c := r.ProxyCPU; c != nil {
+		s += fmt.Sprintf(" proxy_cpu_user_ms_per_gib=%.1f proxy_cpu_sys_ms_per_gib=%.1f", c.UserMS, c.SysMS)
+	}
+	return s
 }
 
 // Stream runs the measurement. Any connection that fails fails the run.
@@ -103,6 +121,12 @@ func Stream(ctx context.Context, cfg StreamConfig) (StreamResult, error) {
 	took := make([]time.Duration, len(conns))
 	errs := make([]error, len(conns))
 	var wg sync.WaitGroup
+	var u0, s0 time.Duration
+	if cfg.PID != 0 {
+		if u0, s0, err = ProcCPU(cfg.PID); err != nil {
+			return StreamResult{}, fmt.Errorf("stream: %w", err)
+		}
+	}
 	start := time.Now()
 	end := start.Add(cfg.Duration)
 	for i, c := range conns {
@@ -139,6 +163,19 @@ func Stream(ctx context.Context, cfg StreamConfig) (StreamResult, error) {
 	}
 
 	res := StreamResult{Conns: len(conns), TLS: tlsInfo(conns[0].ConnectionState())}
+	if cfg.PID != 0 {
+		u1, s1, err := ProcCPU(cfg.PID)
+		if err != nil {
+			return StreamResult{}, fmt.Errorf("stream: %w", err)
+		}
+		var total int64
+		for _, n := range got {
+			total += n
+		}
+		if gib := float64(total) / (1 << 30); gib > 0 {
+			res.ProxyCPU = &CPUPerGiB{UserMS: float64(u1-u0) / 1e6 / gib, SysMS: float64(s1-s0) / 1e6 / gib}
+		}
+	}
 	rates := make([]float64, len(conns))
 	var last time.Duration
 	for i := range conns {
