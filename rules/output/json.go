@@ -18,12 +18,17 @@ import (
 
 var errUnsupportedFloat = errors.New("json: unsupported value: NaN or infinite duration")
 
+// appendHead opens a record's object with its type and time.
+func appendHead(b []byte, typ string, t time.Time) ([]byte, error) {
+	b = append(b, `{"type":`...)
+	b = appendString(b, typ)
+	b = append(b, `,"time":`...)
+	return appendTime(b, t)
+}
+
 // appendConnection appends c as one JSON object.
 func appendConnection(b []byte, c *Connection) ([]byte, error) {
-	b = append(b, `{"type":`...)
-	b = appendString(b, c.Type)
-	b = append(b, `,"time":`...)
-	b, err := appendTime(b, c.Time)
+	b, err := appendHead(b, c.Type, c.Time)
 	if err != nil {
 		return b, err
 	}
@@ -54,10 +59,7 @@ func appendConnection(b []byte, c *Connection) ([]byte, error) {
 
 // appendAlert appends a as one JSON object.
 func appendAlert(b []byte, a *Alert) ([]byte, error) {
-	b = append(b, `{"type":`...)
-	b = appendString(b, a.Type)
-	b = append(b, `,"time":`...)
-	b, err := appendTime(b, a.Time)
+	b, err := appendHead(b, a.Type, a.Time)
 	if err != nil {
 		return b, err
 	}

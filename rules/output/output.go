@@ -116,13 +116,7 @@ func (w *Writer) Alert(a *Alert) error {
 			a.Time.UTC().Format(time.RFC3339Nano), a.Description, a.Severity,
 			a.Flow.Src, a.Flow.Dst, a.Flow.SNI, a.Event, a.Rule, a.Action))
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	var err error
-	if w.buf, err = appendAlert(w.buf[:0], a); err != nil {
-		return err
-	}
-	return w.writeBuf()
+	return writeJSON(w, a, appendAlert)
 }
 
 // Connection writes a connection summary; the Type field is set for the
@@ -147,13 +141,7 @@ func (w *Writer) Connection(c *Connection) error {
 		}
 		return w.line(s)
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	var err error
-	if w.buf, err = appendConnection(w.buf[:0], c); err != nil {
-		return err
-	}
-	return w.writeBuf()
+	return writeJSON(w, c, appendConnection)
 }
 
 // Hold makes the records written until the matching Release go out in
@@ -188,10 +176,18 @@ func (w *Writer) Release() error {
 	return nil
 }
 
-// writeBuf writes the encoded record in buf as one line; w.mu is held.
-func (w *Writer) writeBuf() error {
+// writeJSON writes record v, encoded by enc into the Writer's buffer, as
+// one line.
+func writeJSON[T any](w *Writer, v *T, enc func([]byte, *T) ([]byte, error)) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if w.err != nil {
 		return w.err
+	}
+	b, err := enc(w.buf[:0], v)
+	w.buf = b
+	if err != nil {
+		return err
 	}
 	w.buf = append(w.buf, '\n')
 	return w.write(w.buf)
