@@ -534,8 +534,10 @@ func (c *conn) final() (inspect.Decision, bool) {
 
 // finish closes both sockets and frees the connection's slot; the
 // inspection's end, the log line, the record and the metrics follow at
-// once, or on the reporter's goroutine when finish runs on a poller (a
-// slow log or record writer must not hold up the other connections).
+// once, or, when finish runs on a poller, once the poller's batch of
+// events is done: on the reporter's goroutine (a slow log or record
+// writer must not hold up the other connections), or on the poller
+// itself when no write there can block (Config.ReportOnPoller).
 func (c *conn) finish(onPoller bool) {
 	p := c.p
 	c.mu.Lock()

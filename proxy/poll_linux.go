@@ -68,10 +68,12 @@ type poller struct {
 	// of events, for the reporter (see conn.finish); poller only.
 	ended   []*conn
 	reports *reporter
-	done    chan struct{}
+	// inline: the poller reports them itself (Config.ReportOnPoller).
+	inline bool
+	done   chan struct{}
 }
 
-func newPoller(reports *reporter) (*poller, error) {
+func newPoller(reports *reporter, inline bool) (*poller, error) {
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -89,7 +91,7 @@ func newPoller(reports *reporter) (*poller, error) {
 		return nil, fmt.Errorf("epoll: %w", err)
 	}
 	pl := &poller{epfd: fd, file: f, raw: raw, dirs: make(map[uint64]*dir), acceptors: make(map[uint64]*acceptor),
-		reports: reports, done: make(chan struct{})}
+		reports: reports, inline: inline, done: make(chan struct{})}
 	pl.wait = pl.poll
 	go pl.run()
 	return pl, nil
@@ -122,7 +124,11 @@ func (pl *poller) poll(fd uintptr) bool {
 			pl.fire(eventKey(ev), ev.Events)
 		}
 		if len(pl.ended) > 0 {
-			pl.reports.push(pl.ended)
+			if pl.inline {
+				pl.reports.report(pl.ended)
+			} else {
+				pl.reports.push(pl.ended)
+			}
 			clear(pl.ended)
 			pl.ended = pl.ended[:0]
 		}

@@ -10,7 +10,7 @@ const pollerSupported = false
 
 type poller struct{ ended []*conn }
 
-func newPoller(*reporter) (*poller, error) { return nil, errors.New("no epoll on this system") }
+func newPoller(*reporter, bool) (*poller, error) { return nil, errors.New("no epoll on this system") }
 
 func (*poller) register(*conn)   {}
 func (*poller) unregister(*conn) {}

@@ -37,7 +37,8 @@
 // every connection: no timer per connection, none re-armed per read.
 // Connections that end on a poller are reported (inspector's end, log
 // line, record, metrics) by a reporter goroutine, so that a slow log
-// cannot hold up the pumps.
+// cannot hold up the pumps, or by the poller itself when the outputs
+// cannot block (Config.ReportOnPoller).
 //
 // When the upstream is an IP address and no PROXY header is read, the
 // accepting goroutine starts a non-blocking connect itself and the
@@ -325,7 +326,7 @@ func (p *Proxy) start() {
 	if pollerSupported && !p.noPoller {
 		n := min(max(runtime.GOMAXPROCS(0), 1), maxPollers)
 		for range n {
-			pl, err := newPoller(p.reports)
+			pl, err := newPoller(p.reports, p.cfg.ReportOnPoller)
 			if err != nil {
 				p.log.Warn("no poller: every connection keeps two goroutines", zap.Error(err))
 				for _, pl := range p.pollers {

@@ -173,14 +173,20 @@ func (r *reporter) run() {
 		r.mu.Lock()
 		batch, r.q = r.q, batch[:0]
 		r.mu.Unlock()
-		r.records.Hold()
-		for i, c := range batch {
-			c.report()
-			batch[i] = nil
-		}
-		if err := r.records.Release(); err != nil {
-			r.log.Error("writing connection records", zap.Error(err))
-		}
+		r.report(batch)
+		clear(batch)
+	}
+}
+
+// report reports a batch of connections, their records in one write; it
+// runs on the reporter's goroutine, or on a poller that reports its own.
+func (r *reporter) report(batch []*conn) {
+	r.records.Hold()
+	for _, c := range batch {
+		c.report()
+	}
+	if err := r.records.Release(); err != nil {
+		r.log.Error("writing connection records", zap.Error(err))
 	}
 }
 

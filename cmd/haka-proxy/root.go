@@ -17,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/democmd"
 	"github.com/hakaproxy/haka-proxy/cmd/haka-proxy/eventscmd"
@@ -403,13 +404,14 @@ func runRoot(ctx context.Context, d *deps, o *rootOptions) error {
 	defer factory.Close()
 	pp, _ := o.proxyProtocol() // checked by validate
 	cfg := proxy.Config{
-		Upstream:      o.Upstream,
-		Factory:       factory,
-		Logger:        log,
-		Records:       records,
-		Metrics:       metrics,
-		Limits:        o.limits(),
-		ProxyProtocol: pp,
+		Upstream:       o.Upstream,
+		Factory:        factory,
+		Logger:         log,
+		Records:        records,
+		Metrics:        metrics,
+		Limits:         o.limits(),
+		ProxyProtocol:  pp,
+		ReportOnPoller: reportOnPoller(alertsOut, d.Stderr, log),
 	}
 	if o.TProxy {
 		cfg.Dial = o.gatewayDial()
@@ -481,6 +483,15 @@ func runRoot(ctx context.Context, d *deps, o *rootOptions) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// reportOnPoller: the pollers write the connections' log lines and
+// records themselves when no write there can wait on a reader — the
+// records go to a file (or /dev/null), and the log writes no line per
+// connection or goes to a file too.
+func reportOnPoller(records, stderr io.Writer, log *zap.Logger) bool {
+	return proxy.WritesNeverBlock(records) &&
+		(!log.Core().Enabled(zapcore.InfoLevel) || proxy.WritesNeverBlock(stderr))
 }
 
 // readyFields are the fields of the "listening" line: what the proxy
