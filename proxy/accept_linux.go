@@ -58,6 +58,13 @@ type acceptor struct {
 	// own (a specific address, not transparent); otherwise each
 	// connection asks its socket (getsockname).
 	dst netip.AddrPort
+	// nodelay: the listener had TCP_NODELAY when Serve started, and
+	// every socket it accepts inherits it (Linux clones the listener's
+	// options into each new connection): no setsockopt per connection.
+	// Listen and tproxy.Listen set it before listening; a connection
+	// queued before a listener got it later would not have it, so
+	// Serve only looks and never sets it.
+	nodelay bool
 
 	mu      sync.Mutex
 	paused  bool          // out of the epoll sets after an accept error
@@ -79,6 +86,10 @@ func (p *Proxy) serveRaw(ln *net.TCPListener) error {
 		return err
 	}
 	a := &acceptor{p: p, raw: raw, dst: listenerDst(ln, raw)}
+	raw.Control(func(fd uintptr) {
+		v, err := sysGetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY)
+		a.nodelay = err == nil && v != 0
+	})
 	a.key = listenerKey | p.nextID.Add(1)
 	a.pl = p.pollerFor(a.key)
 	a.pl.addAcceptor(a)
@@ -164,7 +175,7 @@ func (a *acceptor) acceptLoop(fd int) error {
 		default:
 			return err
 		}
-		a.p.acceptedRaw(nfd, src, a.dst)
+		a.p.acceptedRaw(nfd, src, a.dst, a.nodelay)
 	}
 	return nil
 }
@@ -190,8 +201,9 @@ func listenerDst(ln *net.TCPListener, raw syscall.RawConn) netip.AddrPort {
 }
 
 // acceptedRaw takes one accepted socket in: the same checks as Serve's
-// loop, then the fast connect, or handle for the general one.
-func (p *Proxy) acceptedRaw(fd int, src, dst netip.AddrPort) {
+// loop, then the fast connect, or handle for the general one. nodelay:
+// the socket has TCP_NODELAY already (from its listener).
+func (p *Proxy) acceptedRaw(fd int, src, dst netip.AddrPort, nodelay bool) {
 	if p.metrics != nil {
 		p.metrics.ConnectionsTotal.Inc()
 	}
@@ -200,12 +212,15 @@ func (p *Proxy) acceptedRaw(fd int, src, dst netip.AddrPort) {
 		p.refuseRaw(fd, src, RefusedMaxConns)
 		return
 	}
-	// Small records must not wait for the peer's delayed ACK (Nagle).
-	if err := sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
-		p.active.Add(-1)
-		p.log.Debug("accepted connection unusable; closing it", zap.Error(os.NewSyscallError("setsockopt TCP_NODELAY", err)))
-		sysClose(fd)
-		return
+	// Small records must not wait for the peer's delayed ACK (Nagle);
+	// the listener's setting, when it has one, was inherited.
+	if !nodelay {
+		if err := sysSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+			p.active.Add(-1)
+			p.log.Debug("accepted connection unusable; closing it", zap.Error(os.NewSyscallError("setsockopt TCP_NODELAY", err)))
+			sysClose(fd)
+			return
+		}
 	}
 	if !dst.IsValid() {
 		dst, _ = sysGetsockname(fd)

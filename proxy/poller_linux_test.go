@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hakaproxy/haka-proxy/dissect"
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
 )
@@ -25,23 +27,30 @@ import (
 
 const pollWait = 20 * time.Second // bounds every wait: only a hang trips it
 
-// startIn runs a proxy on 127.0.0.1:0 in front of upstream; setup, if
-// given, sees it before it serves.
+// startIn runs a proxy on 127.0.0.1:0 (a listener from Listen) in front
+// of upstream; setup, if given, sees it before it serves.
 func startIn(t testing.TB, upstream string, cfg Config, setup ...func(*Proxy)) (*Proxy, string) {
+	t.Helper()
+	ln, err := Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startOn(t, ln, upstream, cfg, setup...)
+}
+
+// startOn is startIn on a given listener.
+func startOn(t testing.TB, ln *net.TCPListener, upstream string, cfg Config, setup ...func(*Proxy)) (*Proxy, string) {
 	t.Helper()
 	if cfg.Upstream == "" && cfg.Dial == nil {
 		cfg.Upstream = upstream
 	}
 	p, err := New(cfg)
 	if err != nil {
+		ln.Close()
 		t.Fatal(err)
 	}
 	for _, f := range setup {
 		f(p)
-	}
-	ln, err := Listen(context.Background(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
 	}
 	served := make(chan error, 1)
 	go func() { served <- p.Serve(ln) }()
@@ -1034,4 +1043,69 @@ func mustResolve(t testing.TB, addr string) *net.TCPAddr {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// Accepted sockets have TCP_NODELAY (small records must not wait for a
+// delayed ACK), set once on the listener and inherited, and so does the
+// socket to the upstream.
+func TestSocketsHaveNoDelay(t *testing.T) {
+	upstream := serveTCP(t, echoTCP)
+	// Listen's listener has TCP_NODELAY from before it listens: the
+	// accepted sockets inherit it.
+	ln, err := Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := ln.SyscallConn()
+	raw.Control(func(fd uintptr) {
+		if v, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+			t.Errorf("Listen's listener: TCP_NODELAY %d, %v", v, err)
+		}
+	})
+	t.Run("Listen", func(t *testing.T) {
+		p, addr := startOn(t, ln, upstream, Config{})
+		checkNoDelay(t, p, addr)
+	})
+	// A listener of the caller's own, without it: the proxy sets it on
+	// each accepted socket.
+	nl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("net.Listen", func(t *testing.T) {
+		p, addr := startOn(t, nl.(*net.TCPListener), upstream, Config{})
+		checkNoDelay(t, p, addr)
+	})
+}
+
+func checkNoDelay(t *testing.T, p *Proxy, addr string) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+	cs := p.openConns()
+	if len(cs) != 1 {
+		t.Fatalf("%d open connections, want 1", len(cs))
+	}
+	cn := cs[0]
+	// Under the connection's lock: finish takes it before closing them.
+	cn.mu.Lock()
+	fds := map[string]int{"client": cn.client.fd, "upstream": cn.server.fd}
+	cn.mu.Unlock()
+	for name, fd := range fds {
+		if fd < 0 {
+			t.Fatalf("%s socket not raw (fd %d): the fast path was not taken", name, fd)
+		}
+		v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
+		if err != nil || v == 0 {
+			t.Errorf("%s socket: TCP_NODELAY %d, %v", name, v, err)
+		}
+	}
 }

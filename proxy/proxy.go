@@ -70,12 +70,15 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/hakaproxy/haka-proxy/proxy/inspect"
 )
@@ -202,14 +205,31 @@ func (p *Proxy) dialUpstream(ctx context.Context, _ *inspect.Flow) (*net.TCPConn
 
 // Listen opens a TCP listener for Serve, with keep-alive probes off: the
 // idle timeout reaps dead peers, and Go's default keep-alive costs three
-// setsockopt calls per accepted connection.
+// setsockopt calls per accepted connection. TCP_NODELAY is set before it
+// listens: every socket it accepts inherits it, which saves a setsockopt
+// per connection (see acceptor.nodelay).
 func Listen(ctx context.Context, addr string) (*net.TCPListener, error) {
-	lc := net.ListenConfig{KeepAlive: -1}
+	lc := net.ListenConfig{KeepAlive: -1, Control: noDelayControl}
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	return ln.(*net.TCPListener), nil
+}
+
+// noDelayControl sets TCP_NODELAY on a listening socket before it
+// listens; a net.ListenConfig.Control function.
+func noDelayControl(_, _ string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return os.NewSyscallError("setsockopt TCP_NODELAY", serr)
+	}
+	return nil
 }
 
 // ErrShutdown is returned by Serve when it is called after Shutdown.

@@ -63,6 +63,11 @@ func ListenConfig(o ListenOptions) *net.ListenConfig {
 			if err := Control(network, address, c); err != nil {
 				return err
 			}
+			// Set before the socket listens, every socket it accepts
+			// inherits it: no setsockopt per connection.
+			if err := setsockopt(c, unix.IPPROTO_TCP, unix.TCP_NODELAY, "TCP_NODELAY"); err != nil {
+				return err
+			}
 			if o.ReusePort {
 				return setsockopt(c, unix.SOL_SOCKET, unix.SO_REUSEPORT, "SO_REUSEPORT")
 			}
