@@ -1109,3 +1109,48 @@ func checkNoDelay(t *testing.T, p *Proxy, addr string) {
 		}
 	}
 }
+
+// An upstream that resets the connection while the pump waits for the
+// next record header (peeking at it, after passed payloads) resets the
+// client too: the peek takes the socket's error, which must not leave
+// the next read to see a clean end.
+func TestResetWhileProbing(t *testing.T) {
+	if !spliceSupported {
+		t.Skip("no splice on this system")
+	}
+	sent := make(chan struct{})
+	release := make(chan struct{})
+	upstream := serveTCP(t, func(c *net.TCPConn) {
+		defer c.Close()
+		// Records whose payloads the inspector passes: after each, the
+		// pump peeks at the header of the next one.
+		rec := make([]byte, 5+8<<10)
+		rec[0], rec[1], rec[2], rec[3], rec[4] = 23, 3, 3, byte((8<<10)>>8), 0
+		for range 4 {
+			if _, err := c.Write(rec); err != nil {
+				return
+			}
+		}
+		close(sent)
+		<-release
+		c.SetLinger(0) // close with a reset
+	})
+	tp := &tlsPass{}
+	_, addr := startIn(t, upstream, Config{Factory: tp})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	want := 4 * (5 + 8<<10)
+	if _, err := io.ReadFull(c, make([]byte, want)); err != nil {
+		t.Fatal(err)
+	}
+	<-sent
+	close(release)
+	c.SetReadDeadline(time.Now().Add(pollWait))
+	n, err := c.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("after the upstream's reset the client read %d bytes and %v, want a reset", n, err)
+	}
+}

@@ -580,7 +580,12 @@ func (d *dir) peek(fd int) (fillResult, int) {
 	switch {
 	case err == unix.EAGAIN:
 		return fillAgain, 0
-	case err != nil || n < probeSize:
+	case err != nil:
+		// The socket's error (a reset): the peek took it, so a read
+		// now would find only the end and pass a reset on as a clean
+		// close.
+		return d.readError(err), 0
+	case n < probeSize:
 		d.probe = false
 		return d.read(fd, bufSize)
 	}
