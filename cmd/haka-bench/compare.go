@@ -251,7 +251,7 @@ func runCompare(ctx context.Context, o compareOptions, stdout, stderr io.Writer,
 	c := &comparison{o: o, self: self, out: o.out, cfgDir: filepath.Join(o.out, "cfg"), logDir: filepath.Join(o.out, "logs"), res: newResults()}
 	for _, d := range []string{c.cfgDir, c.logDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
+			return fmt.Errorf("the output directory (--out %s): %w", o.out, err)
 		}
 	}
 	runLog, err := os.Create(filepath.Join(c.out, "run.log"))

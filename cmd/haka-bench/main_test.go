@@ -255,6 +255,9 @@ func TestCompareRefusesBadOptions(t *testing.T) {
 		{func(o *compareOptions) { o.hsC = 0 }, "--hs-c"},
 		{func(o *compareOptions) { o.scaleConns = []int{1, 1 << 20} }, "--scale-conns"},
 		{func(o *compareOptions) { o.phases = nil }, "nothing to do"},
+		// A file where the output goes, such as a binary built to
+		// /tmp/haka-bench: the error names the path and the flag.
+		{func(o *compareOptions) { o.out = filepath.Join(rulesFile, "run") }, "the output directory (--out " + filepath.Join(rulesFile, "run") + "): mkdir " + rulesFile + ": not a directory"},
 	} {
 		o := defaultCompareOptions()
 		tc.edit(&o)
