@@ -1154,3 +1154,61 @@ func TestResetWhileProbing(t *testing.T) {
 		t.Fatalf("after the upstream's reset the client read %d bytes and %v, want a reset", n, err)
 	}
 }
+
+// lockingListener takes the proxy's lock in Close, as a poller's accept
+// does: it runs on the listener's descriptor (RawControl), which Close
+// waits for, and takes the lock to register what it accepted.
+type lockingListener struct {
+	net.Listener
+	p      *Proxy
+	locked chan bool // whether Close could take the lock
+}
+
+func (l *lockingListener) Close() error {
+	got := make(chan struct{})
+	go func() {
+		l.p.mu.Lock()
+		l.p.mu.Unlock()
+		close(got)
+	}()
+	select {
+	case <-got:
+		l.locked <- true
+	case <-time.After(pollWait):
+		l.locked <- false
+	}
+	return l.Listener.Close()
+}
+
+// Shutdown closes the listeners without holding the proxy's lock: a
+// poller accepting on one of them at that moment waits for the lock
+// inside the listener's descriptor, and Close waits for that call to
+// end. Under load, SIGTERM could leave haka-proxy stuck there for good.
+func TestShutdownClosesListenersUnlocked(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Config{Upstream: ln.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &lockingListener{Listener: ln, p: p, locked: make(chan bool, 1)}
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(l) }()
+	// Shutdown closes the listeners Serve has registered.
+	for p.mu.Lock(); len(p.listeners) == 0; p.mu.Lock() {
+		p.mu.Unlock()
+		runtime.Gosched()
+	}
+	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), pollWait)
+	defer cancel()
+	p.Shutdown(ctx)
+	if !<-l.locked {
+		t.Fatalf("the listener's Close could not take the proxy's lock within %v: Shutdown holds it while closing", pollWait)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}

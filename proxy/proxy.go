@@ -442,12 +442,20 @@ func (p *Proxy) Active() int { return int(p.active.Load()) }
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	p.draining = true
+	listeners := make([]net.Listener, 0, len(p.listeners))
 	for ln := range p.listeners {
-		ln.Close()
+		listeners = append(listeners, ln)
 	}
 	p.quitOnce.Do(func() { close(p.quit) })
 	open := len(p.conns)
 	p.mu.Unlock()
+	// Closed without mu: closing a listener waits for the calls running
+	// on its descriptor, and a poller's accept runs on it (RawControl)
+	// and takes mu to register what it accepted. Once draining is set,
+	// what is accepted meanwhile is refused.
+	for _, ln := range listeners {
+		ln.Close()
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.lim.DrainTimeout)

@@ -139,13 +139,30 @@ func (h *haka) signal(sig os.Signal) {
 	}
 }
 
+// dump ends a process that is stuck with SIGQUIT, which makes the Go
+// runtime write every goroutine's stack to stderr before it exits, and
+// returns the last of its stderr: where it was stuck.
+func (h *haka) dump() string {
+	h.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-h.exited:
+	case <-time.After(waitFor):
+		h.cmd.Process.Kill()
+		<-h.exited
+	}
+	h.logs.mu.Lock()
+	defer h.logs.mu.Unlock()
+	raw := h.logs.raw[max(0, len(h.logs.raw)-3000):]
+	return strings.Join(raw, "\n") + "\n" + string(h.logs.partial)
+}
+
 // exitCode waits for the process to end.
 func (h *haka) exitCode(within time.Duration) int {
 	h.t.Helper()
 	select {
 	case <-h.exited:
 	case <-time.After(within):
-		h.t.Fatalf("haka-proxy did not exit within %v", within)
+		h.t.Fatalf("haka-proxy did not exit within %v\n%s", within, h.dump())
 	}
 	var ee *exec.ExitError
 	switch {
