@@ -146,10 +146,20 @@ func (l *lab) startBackend(t *testing.T) *tlspeer.Backend {
 	t.Helper()
 	b := &tlspeer.Backend{Config: &tls.Config{Certificates: []tls.Certificate{l.cert}}, LeakSize: leakSize}
 	var ln net.Listener
-	if err := l.topo.Server.Do(func() (err error) {
+	listen := func() (err error) {
 		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", backendPort))
 		return err
-	}); err != nil {
+	}
+	// The previous backend's listener is closed, but a process forked
+	// meanwhile by a parallel test holds a copy of every descriptor
+	// until it execs, and the socket listens until then: the port is
+	// free again within that window, which has no event to wait on.
+	err := l.topo.Server.Do(listen)
+	for deadline := time.Now().Add(waitFor); errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+		err = l.topo.Server.Do(listen)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	b.StartOn(ln)
