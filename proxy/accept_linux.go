@@ -95,6 +95,9 @@ func (p *Proxy) serveRaw(ln *net.TCPListener) error {
 	a.pl.addAcceptor(a)
 	defer a.pl.removeAcceptor(a)
 	if err := a.register(); err != nil {
+		if p.isDraining() {
+			return nil // closed by Shutdown while being set up
+		}
 		return fmt.Errorf("listener: %w", err)
 	}
 	t := time.NewTicker(listenerCheck)

@@ -1212,3 +1212,35 @@ func TestShutdownClosesListenersUnlocked(t *testing.T) {
 		t.Errorf("Serve: %v", err)
 	}
 }
+
+// A Shutdown that comes while Serve is still setting its listener up
+// (SIGTERM during the start) waits for Serve before it stops the
+// pollers: Serve picks one for its listener, and must not find them
+// gone, nor race with their removal.
+func TestShutdownDuringServe(t *testing.T) {
+	for range 50 {
+		ln, err := Listen(context.Background(), "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := New(Config{Upstream: ln.Addr().String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan error, 1)
+		go func() { served <- p.Serve(ln) }()
+		for p.mu.Lock(); len(p.listeners) == 0; p.mu.Lock() {
+			p.mu.Unlock()
+			runtime.Gosched()
+		}
+		p.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), pollWait)
+		if err := p.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		cancel()
+		if err := <-served; err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	}
+}

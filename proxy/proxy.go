@@ -125,6 +125,9 @@ type Proxy struct {
 	listeners map[net.Listener]struct{}
 	draining  bool
 	wg        sync.WaitGroup // one per connection goroutine
+	// serving counts the Serve calls that registered a listener:
+	// Shutdown waits for them before it stops the pollers they use.
+	serving sync.WaitGroup
 }
 
 type factoryBox struct{ f inspect.Factory }
@@ -257,11 +260,13 @@ func (p *Proxy) Serve(ln net.Listener) error {
 		p.start()
 	}
 	p.listeners[ln] = struct{}{}
+	p.serving.Add(1)
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
 		delete(p.listeners, ln)
 		p.mu.Unlock()
+		p.serving.Done()
 	}()
 	if tl, ok := p.rawListener(ln); ok {
 		return p.serveRaw(tl)
@@ -487,6 +492,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		}
 		<-done
 	}
+	// Serve returns once quit is closed or its listener is; one still
+	// setting its listener up reads the pollers.
+	p.serving.Wait()
 	p.stop()
 	p.pipes.close()
 	return err
