@@ -1189,22 +1189,11 @@ func TestShutdownClosesListenersUnlocked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := New(Config{Upstream: ln.Addr().String()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &lockingListener{Listener: ln, p: p, locked: make(chan bool, 1)}
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(l) }()
-	// Shutdown closes the listeners Serve has registered.
-	for p.mu.Lock(); len(p.listeners) == 0; p.mu.Lock() {
-		p.mu.Unlock()
-		runtime.Gosched()
-	}
-	p.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), pollWait)
-	defer cancel()
-	p.Shutdown(ctx)
+	var l *lockingListener
+	served := serveThenShutdown(t, ln, func(p *Proxy) net.Listener {
+		l = &lockingListener{Listener: ln, p: p, locked: make(chan bool, 1)}
+		return l
+	})
 	if !<-l.locked {
 		t.Fatalf("the listener's Close could not take the proxy's lock within %v: Shutdown holds it while closing", pollWait)
 	}
@@ -1218,29 +1207,39 @@ func TestShutdownClosesListenersUnlocked(t *testing.T) {
 // pollers: Serve picks one for its listener, and must not find them
 // gone, nor race with their removal.
 func TestShutdownDuringServe(t *testing.T) {
-	for range 50 {
+	for range 200 {
 		ln, err := Listen(context.Background(), "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := New(Config{Upstream: ln.Addr().String()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		served := make(chan error, 1)
-		go func() { served <- p.Serve(ln) }()
-		for p.mu.Lock(); len(p.listeners) == 0; p.mu.Lock() {
-			p.mu.Unlock()
-			runtime.Gosched()
-		}
-		p.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), pollWait)
-		if err := p.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		cancel()
+		served := serveThenShutdown(t, ln, func(*Proxy) net.Listener { return ln })
 		if err := <-served; err != nil {
 			t.Fatalf("Serve: %v", err)
 		}
 	}
+}
+
+// serveThenShutdown makes a proxy, serves the listener wrap gives it
+// (made from ln), and calls Shutdown as soon as Serve has registered the
+// listener, before it is set up. It returns Serve's result.
+func serveThenShutdown(t *testing.T, ln net.Listener, wrap func(*Proxy) net.Listener) <-chan error {
+	t.Helper()
+	p, err := New(Config{Upstream: ln.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := wrap(p)
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(l) }()
+	for p.mu.Lock(); len(p.listeners) == 0; p.mu.Lock() {
+		p.mu.Unlock()
+		runtime.Gosched()
+	}
+	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), pollWait)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	return served
 }
