@@ -10,9 +10,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hakaproxy/haka-proxy/internal/tlspeer"
 )
@@ -549,14 +552,25 @@ func TestProcReadings(t *testing.T) {
 	if _, _, err := ProcCPU(1 << 23); err == nil {
 		t.Error("cpu of a process that cannot exist")
 	}
-	// Burn a quarter of a second of CPU: user time grows by about that.
+	// Burn a quarter of a second of this thread's CPU, counted by the
+	// thread's own clock (not the wall clock: on a loaded machine the
+	// thread may get a fraction of it): user time grows by about that.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	threadCPU := func() time.Duration {
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(ts.Nano())
+	}
 	u0, s0, err := ProcCPU(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	x := uint64(1)
-	for start := time.Now(); time.Since(start) < 250*time.Millisecond; {
-		for range 1000 {
+	for start := threadCPU(); threadCPU()-start < 250*time.Millisecond; {
+		for range 100000 {
 			x = x*6364136223846793005 + 1442695040888963407
 		}
 	}
